@@ -1,0 +1,15 @@
+"""Shared test set-up: quiet TensorFlow, the real-data root."""
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture
+def data_root():
+  """Directory with the real raw datasets (WTL_DATA_DIR); tests using it skip when it is absent."""
+  root = os.environ.get('WTL_DATA_DIR')
+  if not root or not os.path.isdir(root):
+    pytest.skip('real data not available: set WTL_DATA_DIR (CI points it at ../shared/data)')
+  return root

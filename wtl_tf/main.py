@@ -1,0 +1,54 @@
+"""Entry point: python -m wtl_tf.main --gin_file=... [--gin_param=...] --workdir=DIR."""
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+import gin  # pylint: disable=g-import-not-at-top
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
+flags.DEFINE_multi_string('gin_file', [os.path.join(GIN_DIR, 'quickstart.gin')], 'Gin config files.')
+flags.DEFINE_multi_string('gin_param', [], 'Gin bindings, e.g. "demo.num_steps=10".')
+flags.DEFINE_string('workdir', 'runs/quickstart', 'Run directory (config, logs, results).')
+FLAGS = flags.FLAGS
+
+
+class ConfigError(Exception):
+  """A problem with the gin configuration, reported as one paragraph."""
+
+
+def parse_config(gin_files, gin_params):
+  """Parses gin files and bindings; every problem becomes a one-paragraph ConfigError."""
+  import wtl_tf.demo  # pylint: disable=g-import-not-at-top,unused-import  (registers configurables)
+  gin.add_config_file_search_path(GIN_DIR)
+  for path in gin_files:
+    if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_DIR, path)):
+      raise ConfigError(f'Gin file not found: {path}. Pass an existing file with --gin_file (see gin/).')
+  try:
+    gin.parse_config_files_and_bindings(gin_files, gin_params, skip_unknown=False)
+  except Exception as e:  # gin raises ValueError, SyntaxError-like ParseError, ImportError...
+    raise ConfigError(f'Invalid gin configuration: {e}'.replace('\n', ' ')) from None
+
+
+def main(argv):
+  del argv
+  try:
+    parse_config(FLAGS.gin_file, FLAGS.gin_param)
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    from wtl_tf import demo  # pylint: disable=g-import-not-at-top
+    try:
+      runner = demo.run_demo
+      result = runner(workdir=FLAGS.workdir)
+    except RuntimeError as e:
+      if 'Required bindings' in str(e):
+        raise ConfigError(f'Missing required gin value: {e}'.replace('\n', ' ')) from None
+      raise
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  return result
+
+
+if __name__ == '__main__':
+  app.run(lambda argv: main(argv) and None)
