@@ -25,7 +25,7 @@ def _run(*args, workdir):
 
 
 def test_mistyped_binding_is_a_clear_error(tmp_path):
-  out = _run('--gin_param=run_demo.stepz=3', workdir=tmp_path)
+  out = _run('--gin_file=demo/synthetic.gin', '--gin_param=run_demo.stepz=3', workdir=tmp_path)
   assert out.returncode == 2
   assert "doesn't have a parameter named 'stepz'" in out.stderr
   assert 'Traceback' not in out.stderr
@@ -39,7 +39,7 @@ def test_missing_gin_file_is_a_clear_error(tmp_path):
 
 
 def test_demo_runs_and_writes_config(tmp_path):
-  out = _run('--gin_param=run_demo.steps=20', workdir=tmp_path)
+  out = _run('--gin_file=demo/synthetic.gin', '--gin_param=run_demo.steps=20', workdir=tmp_path)
   assert out.returncode == 0, out.stderr
   assert (tmp_path / 'operative_config.gin').read_text().count('run_demo.steps = 20') == 1
   assert 'sparse_maml' in out.stdout

@@ -57,8 +57,6 @@ def _train(mod, steps, num_steps, seed):
 
 @gin.configurable
 def run_demo(workdir, steps=300, num_steps=5, step_size=0.5, seed=0):
-  with open(os.path.join(workdir, 'operative_config.gin'), 'w') as f:
-    f.write(gin.operative_config_str())
   results = {}
   for name, mod in (('fomaml', M.Identity(step_size)), ('sparse_maml', M.BinaryMask(step_size))):
     acc, sp = _train(mod, steps, num_steps, seed)

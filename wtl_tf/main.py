@@ -18,9 +18,25 @@ class ConfigError(Exception):
   """A problem with the gin configuration, reported as one paragraph."""
 
 
+@gin.configurable('main')
+def selected_experiment(experiment=gin.REQUIRED):
+  """The experiment function a gin file chose (`main.experiment = @run_continual`); called with workdir=."""
+  return experiment
+
+
+def _register_configurables():
+  # pylint: disable=g-import-not-at-top,unused-import
+  import wtl_tf.demo
+  import wtl_tf.experiments.continual
+  import wtl_tf.learners.continual_baselines
+  import wtl_tf.learners.lamaml
+  import wtl_tf.models.mlp
+  import wtl_tf.modulation
+
+
 def parse_config(gin_files, gin_params):
   """Parses gin files and bindings; every problem becomes a one-paragraph ConfigError."""
-  import wtl_tf.demo  # pylint: disable=g-import-not-at-top,unused-import  (registers configurables)
+  _register_configurables()
   gin.add_config_file_search_path(GIN_DIR)
   for path in gin_files:
     if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_DIR, path)):
@@ -36,16 +52,21 @@ def main(argv):
   try:
     parse_config(FLAGS.gin_file, FLAGS.gin_param)
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    from wtl_tf import demo  # pylint: disable=g-import-not-at-top
+    from wtl_tf.data.records import DataError  # pylint: disable=g-import-not-at-top
     try:
-      runner = demo.run_demo
-      result = runner(workdir=FLAGS.workdir)
+      result = selected_experiment()(workdir=FLAGS.workdir)
     except RuntimeError as e:
-      if 'Required bindings' in str(e):
+      if 'Required bindings' in str(e) or 'No values supplied' in str(e):
         raise ConfigError(f'Missing required gin value: {e}'.replace('\n', ' ')) from None
       raise
+    except (ValueError, DataError) as e:  # Out-of-range settings, missing or bad data: no results are written.
+      if os.environ.get('WTL_DEBUG'):
+        raise
+      raise ConfigError(str(e).replace('\n', ' ')) from None
+    with open(os.path.join(FLAGS.workdir, 'operative_config.gin'), 'w', encoding='utf-8') as f:
+      f.write(gin.operative_config_str())
   except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {e} (set WTL_DEBUG=1 for a traceback)', file=sys.stderr)
     sys.exit(2)
   return result
 

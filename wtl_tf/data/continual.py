@@ -1,0 +1,149 @@
+"""Continual-learning benchmarks built from prepared records (ALGORITHMS.md 4.1).
+
+  rotations          T tasks (default 20); task t rotates every image by an angle drawn from U[9t, 9t+9) degrees.
+  permutations       T tasks (default 20), each with its own fixed pixel permutation (the first task is permuted too).
+  many_permutations  the same with 100 tasks of 200 training samples.
+  class_split        tasks are consecutive groups of classes (the CIFAR variant: CIFAR-10 as 5 tasks of 2 classes).
+
+Per task, `samples_per_task` training images are a random subset of the training split (seeded), and the test set is
+the full test split, transformed the same way (all 10,000 images for MNIST; the official La-MAML evaluation scores
+9,999 of them, which we do not copy). Every random choice comes from `seed` and the drawn angles are returned in the
+task descriptors, so runs are reproducible and the angles can be logged.
+
+Rotation reproduces PIL's `Image.rotate(angle)` (counter-clockwise, nearest neighbour, black fill) exactly: PIL rotates
+an image of pixel indices once per task, and the resulting gather map is applied to all images with numpy.
+"""
+import dataclasses
+from typing import List, Optional, Sequence
+
+import gin
+import numpy as np
+
+from wtl_tf.data import prepare, records
+
+KINDS = ('rotations', 'permutations', 'many_permutations', 'class_split')
+DEFAULTS = {'rotations': (20, 1000), 'permutations': (20, 1000), 'many_permutations': (100, 200)}
+
+
+@dataclasses.dataclass
+class Task:
+  """One task: flattened uint8 images [n, D] and int64 labels."""
+  descriptor: str
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+
+
+def rotation_map(angle: float, height: int, width: int) -> np.ndarray:
+  """Source pixel index for every output pixel of PIL's rotate(angle) (-1 where PIL fills with black)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  index = np.arange(1, height * width + 1, dtype=np.int32).reshape(height, width)
+  rotated = np.asarray(Image.fromarray(index, mode='I').rotate(angle), dtype=np.int64)
+  return rotated.reshape(-1) - 1
+
+
+def apply_map(images: np.ndarray, source: np.ndarray) -> np.ndarray:
+  """Gathers flattened pixels [n, H*W*C] through a per-pixel source map (-1 = black), channels kept together."""
+  n = images.shape[0]
+  pixels = images.reshape(n, len(source), -1)
+  out = pixels[:, np.maximum(source, 0), :]
+  out[:, source < 0, :] = 0
+  return out.reshape(n, -1)
+
+
+def _subset(rng, n_available, n_wanted, what):
+  if n_wanted > n_available:
+    raise ValueError(f'{what}: asked for {n_wanted} training samples per task, the split has only {n_available}')
+  return rng.choice(n_available, size=n_wanted, replace=False)
+
+
+def build_tasks(kind: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                num_tasks: Optional[int] = None, samples_per_task: Optional[int] = None, seed: int = 0,
+                classes_per_task: int = 2) -> List[Task]:
+  """Builds the tasks of a benchmark from uint8 images [n, H, W, C] and their labels."""
+  if kind not in KINDS:
+    raise ValueError(f'unknown continual benchmark {kind!r}; choose one of {KINDS}')
+  default_tasks, default_samples = DEFAULTS.get(kind, (None, None))
+  num_tasks = num_tasks or default_tasks
+  samples_per_task = samples_per_task or default_samples
+  height, width = train_x.shape[1:3]
+  rng = np.random.default_rng(seed)
+  flat_train = train_x.reshape(len(train_x), -1)
+  flat_test = test_x.reshape(len(test_x), -1)
+  tasks = []
+  if kind == 'class_split':
+    classes = np.unique(train_y)
+    max_tasks = len(classes) // classes_per_task
+    num_tasks = num_tasks or max_tasks
+    if num_tasks > max_tasks or num_tasks <= 0:
+      raise ValueError(f'class_split: {num_tasks} tasks of {classes_per_task} classes need '
+                       f'{num_tasks * classes_per_task} classes, the data has {len(classes)}')
+    for t in range(num_tasks):
+      chosen = classes[t * classes_per_task:(t + 1) * classes_per_task]
+      train_idx = np.flatnonzero(np.isin(train_y, chosen))
+      if samples_per_task:
+        train_idx = train_idx[_subset(rng, len(train_idx), samples_per_task, f'task {t}')]
+      else:
+        train_idx = rng.permutation(train_idx)
+      test_idx = np.flatnonzero(np.isin(test_y, chosen))
+      tasks.append(Task(f'classes {chosen.tolist()}', flat_train[train_idx], train_y[train_idx],
+                        flat_test[test_idx], test_y[test_idx]))
+    return tasks
+  if num_tasks <= 0 or samples_per_task <= 0:
+    raise ValueError(f'{kind}: num_tasks and samples_per_task must be positive, got {num_tasks}, {samples_per_task}')
+  for t in range(num_tasks):
+    if kind == 'rotations':
+      angle = float(rng.uniform(9.0 * t, 9.0 * t + 9.0))
+      source, descriptor = rotation_map(angle, height, width), f'rotation {angle:.4f} deg'
+    else:
+      source, descriptor = rng.permutation(height * width), f'permutation {t}'
+    idx = _subset(rng, len(train_x), samples_per_task, f'{kind} task {t}')
+    tasks.append(Task(descriptor, apply_map(flat_train[idx], source), train_y[idx],
+                      apply_map(flat_test, source), test_y.copy()))
+  return tasks
+
+
+@gin.configurable
+@dataclasses.dataclass
+class Benchmark:
+  """A continual benchmark on prepared records (converted from raw files on first use, see prepare.py).
+
+  Attributes:
+    dataset: records dataset name (mnist, fashion_mnist, cifar10, ...).
+    kind: one of KINDS.
+    num_tasks / samples_per_task: None means the defaults of ALGORITHMS.md 4.1 for the kind.
+    seed: the benchmark seed (angles, permutations, subsets); independent of the learner's seed.
+    records_dir / raw_dir: override where records are found and raw files are converted from.
+  """
+  dataset: str = 'mnist'
+  kind: str = 'rotations'
+  num_tasks: Optional[int] = None
+  samples_per_task: Optional[int] = None
+  seed: int = 0
+  classes_per_task: int = 2
+  records_dir: Optional[str] = None
+  raw_dir: Optional[str] = None
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f'Benchmark.kind must be one of {KINDS}, got {self.kind!r}')
+    for name in ('num_tasks', 'samples_per_task'):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value <= 0):
+        raise ValueError(f'Benchmark.{name} must be a positive int, got {value!r}')
+
+  def load(self) -> List[Task]:
+    spec = prepare.ensure_records(self.dataset, self.records_dir, self.raw_dir)
+    train_x, train_y = records.load_split(spec, 'train')
+    test_x, test_y = records.load_split(spec, 'test')
+    return build_tasks(self.kind, train_x, train_y, test_x, test_y, self.num_tasks, self.samples_per_task,
+                       self.seed, self.classes_per_task)
+
+  @property
+  def name(self) -> str:
+    return f'{self.dataset}_{self.kind}'
+
+
+def input_size(tasks: Sequence[Task]) -> int:
+  return int(tasks[0].train_x.shape[1])

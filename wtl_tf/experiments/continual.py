@@ -1,0 +1,194 @@
+"""The continual-learning experiment (ALGORITHMS.md 4.1, 4.5): tasks in order, the TxT accuracy matrix, RA and BTI.
+
+For each learner: stream every task's training samples in batches of `batch_size` (`epochs` passes per task; the
+first pass writes the memories), then test on every task's test set to fill row t of R. At the end
+
+    RA  = mean_j R[T-1][j]              BTI = mean_j (R[T-1][j] - R[j][j])   (over all T; the last term is 0)
+
+Run directory (ARCHITECTURE.md): operative_config.gin, metrics.jsonl, tensorboard/, checkpoints/, results.json and
+sparsity.png. With several learners (the quickstart compares two) each gets its own sub-directory and the top level
+holds comparison.json and a side-by-side sparsity.png. A run is checkpointed after every task; rerunning the same
+command resumes after the last finished task.
+"""
+import inspect
+import json
+import math
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import gin
+import numpy as np
+from tqdm import tqdm
+
+from wtl_tf import plots, summaries
+from wtl_tf.data import continual as continual_data
+from wtl_tf.models.mlp import mlp
+
+SETTING = 'continual'
+
+
+class TrainingDiverged(RuntimeError):
+  """A NaN or infinite loss; the last checkpoint (end of the previous task) is kept."""
+
+
+def ra_bti(acc_matrix: np.ndarray):
+  """RA and BTI (fractions) from the TxT matrix R[i][j] = accuracy on task j after training task i."""
+  r = np.asarray(acc_matrix, np.float64)
+  final = r[-1]
+  return float(final.mean()), float(np.mean(final - np.diag(r)))
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+
+def _save_checkpoint(directory, learner, progress):
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, 'last.tmp.npz')
+  np.savez(tmp, **learner.state())
+  os.replace(tmp, os.path.join(directory, 'last.npz'))
+  progress = dict(progress, rng=learner.rng.bit_generator.state)
+  with open(os.path.join(directory, 'last.tmp.json'), 'w', encoding='utf-8') as f:
+    json.dump(progress, f)
+  os.replace(os.path.join(directory, 'last.tmp.json'), os.path.join(directory, 'last.json'))
+
+
+def _load_checkpoint(directory, learner) -> Optional[dict]:
+  path = os.path.join(directory, 'last.json')
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    progress = json.load(f)
+  with np.load(os.path.join(directory, 'last.npz')) as state:
+    learner.restore(dict(state))
+  learner.rng.bit_generator.state = progress.pop('rng')
+  return progress
+
+
+# -- one learner -------------------------------------------------------------------------------------
+
+def _build_learner(factory: Callable, model, seed: int, batch_size: int):
+  kwargs = {'seed': seed}
+  if 'batch_size' in inspect.signature(factory).parameters:
+    kwargs['batch_size'] = batch_size
+  return factory(model, **kwargs)
+
+
+def train_one(name: str, factory: Callable, tasks: List[continual_data.Task], workdir: str, benchmark_name: str,
+              model_fn: Callable, seed: int, epochs: int, batch_size: int, log_every: int,
+              show_progress: bool) -> dict:
+  """Trains one learner over all tasks (resuming if a checkpoint exists) and writes its results.json."""
+  num_classes = int(max(t.train_y.max() for t in tasks)) + 1
+  model = model_fn(input_size=continual_data.input_size(tasks), num_classes=num_classes, seed=seed)
+  learner = _build_learner(factory, model, seed, batch_size)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  progress = _load_checkpoint(ckpt_dir, learner) or {
+      'tasks_done': 0, 'step': 0, 'acc_matrix': [], 'curve': {'x': [], 'sparsity': []}, 'seconds': 0.0}
+  if progress['tasks_done'] == len(tasks) and os.path.exists(os.path.join(workdir, 'results.json')):
+    with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:
+      return json.load(f)
+  if progress['tasks_done']:
+    print(f'{name}: resuming after task {progress["tasks_done"]} of {len(tasks)}', flush=True)
+  log = summaries.Summaries(workdir)
+  batches_per_task = epochs * math.ceil(len(tasks[0].train_x) / batch_size)
+  bar = tqdm(total=batches_per_task * len(tasks), initial=batches_per_task * progress['tasks_done'],
+             desc=name, unit='batch', disable=not show_progress, dynamic_ncols=True, leave=True)
+  step = progress['step']
+  start = time.time() - progress['seconds']
+  order_rng = np.random.default_rng([seed, 1])
+  for t in range(progress['tasks_done'], len(tasks)):
+    task = tasks[t]
+    for epoch in range(epochs):
+      # Multi-pass (Figure 4): later passes see the task's samples in a fresh, seeded order.
+      order = np.arange(len(task.train_x)) if epoch == 0 else np.random.default_rng([seed, t, epoch]).permutation(
+          len(task.train_x))
+      for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        x, y = task.train_x[idx], task.train_y[idx]
+        log_now = step % log_every == 0
+        online_acc = learner.accuracy(x, y) if log_now else None  # Accuracy on the batch before learning it.
+        out = learner.observe(x, y, t, first_epoch=(epoch == 0))
+        loss = out.get('loss')
+        if loss is not None and not math.isfinite(loss):
+          bar.close()
+          log.close()
+          raise TrainingDiverged(f'{name}: loss became {loss} at task {t}, batch {b // batch_size}; the checkpoint '
+                                 f'after task {t - 1} in {ckpt_dir} is kept. Lower the learning rates.')
+        if log_now:
+          sparsity = learner.sparsity()
+          log.log(step, 'train', loss, online_acc, sparsity, task=t, epoch=epoch)
+          progress['curve']['x'].append(t + b / len(order) / epochs + epoch / epochs)
+          progress['curve']['sparsity'].append(sparsity)
+          bar.set_postfix(task=t, loss=f'{loss:.3f}' if loss is not None else '-',
+                          sparsity=f'{sparsity["overall"]:.3f}')
+        step += 1
+        bar.update(1)
+    row = [learner.accuracy(other.test_x, other.test_y) for other in tasks]
+    progress['acc_matrix'].append(row)
+    sparsity = learner.sparsity()
+    log.log(step, 'eval', None, float(np.mean(row[:t + 1])), sparsity, task=t, acc_row=row,
+            acc_current=row[t])
+    log.histograms(step, 'S(m)', learner.modulations())
+    log.histograms(step, 'm', learner.mask_logits())
+    progress.update(tasks_done=t + 1, step=step, seconds=time.time() - start)
+    _save_checkpoint(ckpt_dir, learner, progress)
+  bar.close()
+  log.close()
+  acc = np.array(progress['acc_matrix'])
+  ra, bti = ra_bti(acc)
+  result = {
+      'setting': SETTING, 'learner': name, 'dataset': benchmark_name, 'seed': seed,
+      'sparsity': learner.sparsity(), 'ra': ra, 'bti': bti, 'acc_matrix': acc.tolist(),
+      'num_tasks': len(tasks), 'epochs': epochs, 'wall_seconds': progress['seconds'],
+      'task_descriptors': [t.descriptor for t in tasks], 'sparsity_curve': progress['curve'],
+  }
+  with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
+    json.dump(result, f, indent=1)
+  plots.sparsity_over_time({name: _by_group(progress['curve']['sparsity'])}, {name: progress['curve']['x']},
+                           os.path.join(workdir, 'sparsity.png'), title=f'{benchmark_name}: sparsity per group')
+  return result
+
+
+def _by_group(points: List[Dict[str, float]]) -> Dict[str, List[float]]:
+  groups = list(points[0]) if points else []
+  return {g: [p.get(g, 0.0) for p in points] for g in groups}
+
+
+# -- the experiment ------------------------------------------------------------------------------------
+
+@gin.configurable
+def run_continual(workdir: str, benchmark: continual_data.Benchmark = gin.REQUIRED,
+                  learners: Dict[str, Callable] = gin.REQUIRED, model_fn: Callable = mlp, seed: int = 0,
+                  epochs: int = 1, batch_size: int = 10, log_every: int = 10, show_progress: bool = True) -> dict:
+  """Runs every learner on the benchmark; returns {learner name: results}. Prints RA, BTI and sparsity."""
+  if not isinstance(epochs, int) or epochs < 1:
+    raise ValueError(f'run_continual.epochs must be a positive int, got {epochs!r}')
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f'run_continual.batch_size must be a positive int, got {batch_size!r}')
+  if not learners:
+    raise ValueError('run_continual.learners is empty: bind at least one learner')
+  tasks = benchmark.load()
+  print(f'{benchmark.name}: {len(tasks)} tasks x {len(tasks[0].train_x)} training samples, '
+        f'{len(tasks[0].test_x)} test samples per task; {tasks[0].descriptor} ... {tasks[-1].descriptor}',
+        flush=True)
+  results = {}
+  for name, factory in learners.items():
+    run_dir = workdir if len(learners) == 1 else os.path.join(workdir, name)
+    results[name] = train_one(name, factory, tasks, run_dir, benchmark.name, model_fn, seed, epochs, batch_size,
+                              log_every, show_progress)
+  print(format_table(results))
+  if len(learners) > 1:
+    with open(os.path.join(workdir, 'comparison.json'), 'w', encoding='utf-8') as f:
+      json.dump({n: {k: r[k] for k in ('ra', 'bti', 'sparsity', 'wall_seconds')} for n, r in results.items()}, f,
+                indent=1)
+    plots.sparsity_over_time({n: _by_group(r['sparsity_curve']['sparsity']) for n, r in results.items()},
+                             {n: r['sparsity_curve']['x'] for n, r in results.items()},
+                             os.path.join(workdir, 'sparsity.png'), title=f'{benchmark.name}: sparsity per group')
+  return results
+
+
+def format_table(results: Dict[str, dict]) -> str:
+  lines = [f'{"learner":<18} {"RA %":>7} {"BTI %":>7} {"sparsity %":>11} {"time s":>7}']
+  for name, r in results.items():
+    lines.append(f'{name:<18} {100 * r["ra"]:7.2f} {100 * r["bti"]:7.2f} {100 * r["sparsity"]["overall"]:11.2f} '
+                 f'{r["wall_seconds"]:7.1f}')
+  return '\n'.join(lines)

@@ -1,0 +1,151 @@
+"""What every continual learner shares: a Keras model held as variables, evaluation, a reservoir memory, state.
+
+A learner sees the stream one incoming batch at a time through `observe(x, y, task)`; images arrive as flattened
+uint8 rows and are scaled to [0, 1] here. Per-parameter-group sparsity is part of every learner's interface:
+learners without a modulation report 0.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from wtl_tf import params as params_lib
+
+
+def to_float(x) -> np.ndarray:
+  """uint8 pixels -> float32 in [0, 1] (float input is passed through)."""
+  x = np.asarray(x)
+  return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+class Reservoir:
+  """Reservoir-sampling memory (ALGORITHMS.md 4.2): every sample seen so far is kept with equal probability.
+
+  push: age += 1; append while not full, else draw p = randint(0, age) inclusive and overwrite slot p if p < capacity.
+  sample(n): min(n, size) draws, each uniform over the memory (duplicates possible, as in La-MAML's per-draw shuffle).
+  """
+
+  def __init__(self, capacity: int, dim: int, rng: np.random.Generator):
+    if capacity < 0:
+      raise ValueError(f'memory capacity must be >= 0, got {capacity}')
+    self.capacity, self.rng = capacity, rng
+    self.x = np.zeros((capacity, dim), np.float32)
+    self.y = np.zeros((capacity,), np.int64)
+    self.size, self.age = 0, 0
+
+  def push(self, x, y):
+    for xi, yi in zip(x, y):
+      self.age += 1
+      if self.size < self.capacity:
+        slot = self.size
+        self.size += 1
+      else:
+        slot = int(self.rng.integers(0, self.age + 1))
+        if slot >= self.capacity:
+          continue
+      self.x[slot], self.y[slot] = xi, yi
+
+  def sample(self, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    k = min(n, self.size)
+    idx = self.rng.integers(0, self.size, size=k) if k else np.zeros((0,), np.int64)
+    return self.x[idx], self.y[idx]
+
+  def state(self) -> Dict[str, np.ndarray]:
+    return {'x': self.x[:self.size], 'y': self.y[:self.size], 'age': np.array(self.age)}
+
+  def restore(self, state):
+    self.size = len(state['y'])
+    self.x[:self.size], self.y[:self.size] = state['x'], state['y']
+    self.age = int(state['age'])
+
+
+def padded_batch(x: np.ndarray, y: np.ndarray, size: int):
+  """Pads a batch to a fixed size with zero-weight rows, so compiled steps trace once."""
+  n = len(x)
+  weights = np.zeros((size,), np.float32)
+  weights[:n] = 1.0
+  if n < size:
+    x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
+    y = np.concatenate([y, np.zeros((size - n,), y.dtype)])
+  return x, y, weights
+
+
+def weighted_cross_entropy(labels, logits, weights):
+  ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=logits)
+  return tf.reduce_sum(ce * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+class ContinualLearner:
+  """Base class: model, theta variables, evaluation, sparsity and state for checkpoints."""
+
+  name = 'continual'
+
+  def __init__(self, model, seed: int = 0, jit_compile: bool = True):
+    self.model = model
+    self.infos = params_lib.describe(model)
+    self.theta = list(model.trainable_variables)
+    self.non_trainable = list(model.non_trainable_variables)
+    self.rng = np.random.default_rng(seed)
+    self.jit_compile = jit_compile
+    self._logits = tf.function(self._logits_fn, jit_compile=jit_compile, reduce_retracing=True)
+
+  # -- evaluation ------------------------------------------------------------------------------
+  def _logits_fn(self, x):
+    logits, _ = self.model.stateless_call([tf.convert_to_tensor(v) for v in self.theta], self.non_trainable, x,
+                                          training=False)
+    return logits
+
+  def accuracy(self, x, y, batch_size: int = 5000) -> float:
+    correct = 0
+    for start in range(0, len(x), batch_size):
+      xb = to_float(x[start:start + batch_size])
+      pred = np.argmax(self._logits(tf.constant(xb)).numpy(), axis=1)
+      correct += int(np.sum(pred == y[start:start + batch_size]))
+    return correct / max(len(x), 1)
+
+  # -- to override -------------------------------------------------------------------------------
+  def observe(self, x: np.ndarray, y: np.ndarray, task: int, first_epoch: bool = True) -> Dict[str, float]:
+    raise NotImplementedError
+
+  def modulations(self) -> Dict[str, np.ndarray]:
+    """S(m) per parameter group (the effective learning-rate / mask), empty for learners without one."""
+    return {}
+
+  def mask_logits(self) -> Dict[str, np.ndarray]:
+    return {}
+
+  def sparsity(self) -> Dict[str, float]:
+    """Fraction of exactly-zero modulation per group plus size-weighted `overall` (0 without a modulation)."""
+    mods = self.modulations()
+    if not mods:
+      return {'overall': 0.0}
+    out = {name: float(np.mean(s == 0)) for name, s in mods.items()}
+    out['overall'] = float(sum(np.sum(s == 0) for s in mods.values()) / sum(s.size for s in mods.values()))
+    return out
+
+  # -- checkpoint state ---------------------------------------------------------------------------
+  def extra_state(self) -> Dict[str, np.ndarray]:
+    return {}
+
+  def restore_extra(self, state: Dict[str, np.ndarray]):
+    del state
+
+  def state(self) -> Dict[str, np.ndarray]:
+    out = {f'theta/{i}': v.numpy() for i, v in enumerate(self.theta)}
+    out.update(self.extra_state())
+    return out
+
+  def restore(self, state: Dict[str, np.ndarray]):
+    for i, v in enumerate(self.theta):
+      v.assign(state[f'theta/{i}'])
+    self.restore_extra(state)
+
+  def group_names(self) -> List[str]:
+    return [info.name for info in self.infos]
+
+
+def global_norm_clip(grads, clip: Optional[float]):
+  if clip is None or clip <= 0:
+    return list(grads)
+  clipped, _ = tf.clip_by_global_norm(list(grads), clip)
+  return clipped
