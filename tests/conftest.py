@@ -13,3 +13,11 @@ def data_root():
   if not root or not os.path.isdir(root):
     pytest.skip('real data not available: set WTL_DATA_DIR (CI points it at ../shared/data)')
   return root
+
+
+@pytest.fixture(scope='session', autouse=True)
+def private_records_dir(tmp_path_factory):
+  """Records converted during tests go to a temporary directory, never to the user's ~/.cache."""
+  if 'WTL_RECORDS_DIR' not in os.environ:
+    os.environ['WTL_RECORDS_DIR'] = str(tmp_path_factory.mktemp('records'))
+  yield os.environ['WTL_RECORDS_DIR']

@@ -1,4 +1,5 @@
 """Entry point: python -m wtl_tf.main --gin_file=... [--gin_param=...] --workdir=DIR."""
+import logging
 import os
 import sys
 
@@ -37,6 +38,8 @@ def _register_configurables():
 def parse_config(gin_files, gin_params):
   """Parses gin files and bindings; every problem becomes a one-paragraph ConfigError."""
   _register_configurables()
+  # gin logs a spurious ERROR while probing include paths on the Python path before its search path.
+  logging.getLogger('gin.resource_reader').setLevel(logging.CRITICAL)
   gin.add_config_file_search_path(GIN_DIR)
   for path in gin_files:
     if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_DIR, path)):

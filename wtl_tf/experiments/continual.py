@@ -73,13 +73,16 @@ def _build_learner(factory: Callable, model, seed: int, batch_size: int):
   return factory(model, **kwargs)
 
 
-def train_one(name: str, factory: Callable, tasks: List[continual_data.Task], workdir: str, benchmark_name: str,
-              model_fn: Callable, seed: int, epochs: int, batch_size: int, log_every: int,
-              show_progress: bool) -> dict:
-  """Trains one learner over all tasks (resuming if a checkpoint exists) and writes its results.json."""
+def build_learner(factory: Callable, tasks: List[continual_data.Task], model_fn: Callable, seed: int,
+                  batch_size: int):
   num_classes = int(max(t.train_y.max() for t in tasks)) + 1
   model = model_fn(input_size=continual_data.input_size(tasks), num_classes=num_classes, seed=seed)
-  learner = _build_learner(factory, model, seed, batch_size)
+  return _build_learner(factory, model, seed, batch_size)
+
+
+def train_one(name: str, learner, tasks: List[continual_data.Task], workdir: str, benchmark_name: str,
+              seed: int, epochs: int, batch_size: int, log_every: int, show_progress: bool) -> dict:
+  """Trains one learner over all tasks (resuming if a checkpoint exists) and writes its results.json."""
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   progress = _load_checkpoint(ckpt_dir, learner) or {
       'tasks_done': 0, 'step': 0, 'acc_matrix': [], 'curve': {'x': [], 'sparsity': []}, 'seconds': 0.0}
@@ -170,11 +173,13 @@ def run_continual(workdir: str, benchmark: continual_data.Benchmark = gin.REQUIR
   print(f'{benchmark.name}: {len(tasks)} tasks x {len(tasks[0].train_x)} training samples, '
         f'{len(tasks[0].test_x)} test samples per task; {tasks[0].descriptor} ... {tasks[-1].descriptor}',
         flush=True)
+  # Every learner is built before any training, so a bad setting fails before hours of work.
+  built = {name: build_learner(factory, tasks, model_fn, seed, batch_size) for name, factory in learners.items()}
   results = {}
-  for name, factory in learners.items():
+  for name, learner in built.items():
     run_dir = workdir if len(learners) == 1 else os.path.join(workdir, name)
-    results[name] = train_one(name, factory, tasks, run_dir, benchmark.name, model_fn, seed, epochs, batch_size,
-                              log_every, show_progress)
+    results[name] = train_one(name, learner, tasks, run_dir, benchmark.name, seed, epochs, batch_size, log_every,
+                              show_progress)
   print(format_table(results))
   if len(learners) > 1:
     with open(os.path.join(workdir, 'comparison.json'), 'w', encoding='utf-8') as f:

@@ -156,9 +156,11 @@ def project_gradient(g: np.ndarray, memory_grads: np.ndarray, margin: float = 0.
   import quadprog  # pylint: disable=g-import-not-at-top
   gram = memory_grads @ memory_grads.T
   gram = 0.5 * (gram + gram.T) + eps * np.eye(len(gram))
-  q = -(memory_grads @ g)
+  # quadprog minimises 1/2 x^T P x - a^T x subject to C^T x >= b; here a = -(G g).
+  linear = -(memory_grads @ g)
   constraints = np.eye(len(gram))
-  v = quadprog.solve_qp(gram.astype(np.float64), -q.astype(np.float64), constraints, np.full(len(gram), margin))[0]
+  v = quadprog.solve_qp(gram.astype(np.float64), linear.astype(np.float64), constraints,
+                        np.full(len(gram), margin))[0]
   return memory_grads.T @ v + g
 
 
