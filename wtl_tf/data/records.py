@@ -104,13 +104,34 @@ def load_class(spec: DatasetSpec, split: str, class_id: int) -> np.ndarray:
   return images
 
 
+def load_classes(spec: DatasetSpec, items: Sequence[Tuple[str, int]]) -> np.ndarray:
+  """uint8 images of the (split, class id) pairs, concatenated in that order, read in one tf.data pass.
+
+  One tf.data pipeline per class costs ~50 ms (over a minute for Omniglot's 1623 classes); this reads all files at
+  once and checks each class's count and labels against the spec.
+  """
+  files = [f for split, class_id in items for f in spec.files(split, class_id)]
+  images, labels = read_files(files, spec.image_shape)
+  start = 0
+  for split, class_id in items:
+    count = spec.count(split, class_id)
+    if np.any(labels[start:start + count] != class_id) or start + count > len(labels):
+      raise DataError(
+          f'{spec.files(split, class_id)[0]}: the records of class {class_id} ({spec.classes[class_id]["name"]!r}) '
+          f'do not match the spec\'s count {count} (or hold other labels); re-run the pipeline')
+    start += count
+  if start != len(images):
+    raise DataError(f'the record files of {spec.root} hold {len(images)} images, the spec says {start}; '
+                            f're-run the pipeline')
+  return images
+
+
 def load_split(spec: DatasetSpec, split: str, class_ids: Optional[Sequence[int]] = None,
                shuffle_seed: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
   """Images and class ids of a split, class by class (or shuffled with a seed)."""
-  class_ids = spec.class_ids(split) if class_ids is None else class_ids
-  parts = [load_class(spec, split, c) for c in class_ids]
-  images = np.concatenate(parts)
-  labels = np.concatenate([np.full(len(p), c, np.int64) for p, c in zip(parts, class_ids)])
+  class_ids = list(spec.class_ids(split) if class_ids is None else class_ids)
+  images = load_classes(spec, [(split, c) for c in class_ids])
+  labels = np.concatenate([np.full(spec.count(split, c), c, np.int64) for c in class_ids])
   if shuffle_seed is not None:
     order = np.random.default_rng(shuffle_seed).permutation(len(images))
     images, labels = images[order], labels[order]
@@ -119,4 +140,7 @@ def load_split(spec: DatasetSpec, split: str, class_ids: Optional[Sequence[int]]
 
 def load_by_class(spec: DatasetSpec, split: str) -> Dict[int, np.ndarray]:
   """{class id: uint8 images} for every class of a split (the in-memory mode of the samplers)."""
-  return {c: load_class(spec, split, c) for c in spec.class_ids(split)}
+  ids = spec.class_ids(split)
+  images = load_classes(spec, [(split, c) for c in ids])
+  bounds = np.cumsum([spec.count(split, c) for c in ids])[:-1]
+  return dict(zip(ids, np.split(images, bounds)))
