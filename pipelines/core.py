@@ -39,7 +39,7 @@ class RawImage(NamedTuple):
   `data` is either encoded bytes (PNG/JPEG/...; anything PIL opens) or a uint8 numpy array [H, W] or [H, W, C].
   `bbox` = (x1, y1, x2, y2), inclusive pixel coordinates, crops before resizing (Stanford Cars).
   `rotation` (degrees, counter-clockwise) is applied after resizing (Omniglot's rotated extra classes).
-  `invert` flips intensities (Omniglot strokes are stored as dark-on-light in PNG, light-on-dark in our records).
+  `invert` flips intensities (Omniglot PNGs are dark strokes on white; the MAML split inverts them, OSAKA does not).
   """
   class_id: int
   split: str
