@@ -77,7 +77,7 @@ class ImageShapeError(ValueError):
 
 def sha256_of(path, chunk=1 << 20):
   digest = hashlib.sha256()
-  with FileSystems.open(path) as f:
+  with FileSystems.open(path, compression_type='uncompressed') as f:  # The file as downloaded, not its content.
     while True:
       block = f.read(chunk)
       if not block:
