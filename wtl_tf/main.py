@@ -28,11 +28,22 @@ def selected_experiment(experiment=gin.REQUIRED):
 def _register_configurables():
   # pylint: disable=g-import-not-at-top,unused-import
   import wtl_tf.demo
+  import wtl_tf.distribute
   import wtl_tf.experiments.continual
+  import wtl_tf.experiments.fewshot
+  import wtl_tf.experiments.fewshot_data
+  import wtl_tf.experiments.online
+  import wtl_tf.experiments.online_pretrain
+  import wtl_tf.learners.cmaml
   import wtl_tf.learners.continual_baselines
+  import wtl_tf.learners.fewshot
   import wtl_tf.learners.lamaml
+  import wtl_tf.learners.online_baselines
+  import wtl_tf.models.conv4
   import wtl_tf.models.mlp
+  import wtl_tf.models.resnet12
   import wtl_tf.modulation
+  import wtl_tf.optimizers
 
 
 def parse_config(gin_files, gin_params):

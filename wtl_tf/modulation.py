@@ -296,6 +296,25 @@ class Exp(ReluStraightThrough):
 
 
 @gin.register
+class PerTensorStepSize(ReluStraightThrough):
+  """One learned, unconstrained step size per parameter tensor: S(m) = m with m a scalar, c = 1.
+
+  OSAKA's `per_param_step_size` (ALGORITHMS.md 5.2): one scalar per adapted tensor, initialised at `step_size` and
+  meta-learned with theta. Sparsity statistics count a tensor as all-zero only if its scalar is exactly 0.
+  """
+
+  def default_init(self):
+    return MaskInit(rule='constant', value=self.step_size)
+
+  def init_mask_params(self, infos, seed):
+    rng = np.random.default_rng(seed)
+    return [self.mask_init((), rng) for i, masked in zip(infos, self.masked(infos)) if masked]
+
+  def modulate(self, m):
+    return tf.identity(m)
+
+
+@gin.register
 class NoisyBinaryMask(BinaryMask):
   """sparse-MAML+ (ALGORITHMS.md 1.7): conv-kernel masks generated from fresh noise for every task.
 

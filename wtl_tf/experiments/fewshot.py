@@ -1,0 +1,388 @@
+"""The few-shot experiment (ALGORITHMS.md 3): meta-training, model selection, final and cross-domain tests.
+
+Schedule (3.3). Epoch e = 1..epochs is `batches_per_epoch` meta-updates on freshly sampled tasks. After epoch e,
+validation runs on `num_val_episodes` tasks if (e % val_after == 0 and e > val_start) or e is the last epoch. If it
+improves on the best validation accuracy so far and e > test_start, the model is tested on `num_test_episodes`
+tasks and saved as the best checkpoint. The reference draws fresh random val/test tasks each time; here both sets are
+fixed (drawn once with `eval_seed`), so epochs are compared on the same tasks. At the end the best checkpoint (the
+last model if none was saved) is tested on `num_final_episodes` fixed evaluation episodes (STYLE.md's 600, a
+documented deviation from the reference's 500 random tasks), reported as the mean and a 95% normal confidence
+interval, and on the test split of every `cross_domain` dataset (Table 4) with the same N, shots, K, alpha and masks.
+
+Run directory (ARCHITECTURE.md): operative_config.gin (main.py), metrics.jsonl and tensorboard/ (train loss, accuracy
+and sparsity every `log_every` steps; val/test records; histograms of S(m) and m per group after every epoch),
+checkpoints/ (last.json and the state it names after every epoch and every `checkpoint_every` steps; best.npz), episodes/
+(the fixed evaluation sets as index files), sparsity.png and results.json.
+
+Resuming: rerunning the same command continues from checkpoints/last. A checkpoint holds theta, BN statistics,
+masks, both optimizers' slots and step counters, the step and the selection state. Tasks and sparse-MAML+ noise are
+pure functions of (seed, episode position), so there is no other RNG state: with `deterministic=True` on CPU a
+resumed run ends with exactly the results.json of an uninterrupted one (the timing lives in metrics.jsonl). That mode
+also runs one op at a time (inter-op threads 1): with ops side by side, some CPU kernels split their reductions
+differently from process to process, so results would differ in the last bits (and then more) between processes.
+A NaN or infinite meta-loss stops the run before anything else is saved (TrainingDiverged); the last checkpoint
+stays the last good one.
+"""
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Dict, Optional
+
+import gin
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from wtl_tf import distribute
+from wtl_tf import plots
+from wtl_tf import summaries
+from wtl_tf.learners import fewshot as fewshot_learners
+from wtl_tf.models.conv4 import conv4
+
+SETTING = 'fewshot'
+
+
+class TrainingDiverged(ValueError):
+  """A NaN or infinite meta-loss. A ValueError so that main.py reports it as one line (the run wrote no results)."""
+
+
+def mean_ci95(values) -> (float, float):
+  """Mean and half-width of the normal 95% confidence interval of the mean."""
+  values = np.asarray(values, np.float64)
+  if len(values) < 2:
+    return float(values.mean()) if len(values) else float('nan'), float('nan')
+  return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------------
+
+def _write_npz(path, arrays):
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _write_json(path, value):
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _read_npz(path):
+  with np.load(path) as data:
+    return dict(data)
+
+
+class Checkpoints:
+  """checkpoints/last.json + the state file it names (resume), checkpoints/best.npz (model selection).
+
+  A state file is written under a new name first and last.json (replaced atomically) then points to it, so a kill at
+  any moment leaves a consistent pair. Only the chief writes.
+  """
+
+  def __init__(self, directory: str, writer: bool):
+    self.directory, self.writer = directory, writer
+    if writer:
+      os.makedirs(directory, exist_ok=True)
+
+  def path(self, name):
+    return os.path.join(self.directory, name)
+
+  def load_last(self, learner) -> Optional[dict]:
+    if not os.path.exists(self.path('last.json')):
+      return None
+    with open(self.path('last.json'), encoding='utf-8') as f:
+      progress = json.load(f)
+    learner.restore(_read_npz(self.path(progress.pop('state_file'))))
+    return progress
+
+  def save_last(self, learner, progress):
+    if not self.writer:
+      return
+    state_file = f'state-{progress["step"]}.npz'
+    _write_npz(self.path(state_file), learner.state())
+    _write_json(self.path('last.json'), dict(progress, state_file=state_file))
+    for name in os.listdir(self.directory):  # Older state files are no longer referenced.
+      if name.startswith('state-') and name != state_file:
+        os.remove(self.path(name))
+
+  def save_best(self, learner):
+    if self.writer:
+      _write_npz(self.path('best.npz'), learner.state(with_optimizers=False))
+
+  def load_best(self, learner) -> bool:
+    if not os.path.exists(self.path('best.npz')):
+      return False
+    learner.restore(_read_npz(self.path('best.npz')))
+    return True
+
+
+# -- evaluation ---------------------------------------------------------------------------------------------------
+
+def evaluate(learner, episodes, batch_size: int, split: str, desc: str = '', show_progress: bool = False) -> dict:
+  """Accuracy and loss of `learner` on a fixed episode set: mean, 95% CI and the per-episode accuracies."""
+  dataset, steps, total = distribute.eval_batches(learner.strategy, episodes, batch_size)
+  accuracies, losses = [], []
+  for tasks, positions in tqdm(dataset, total=steps, desc=desc, unit='batch', leave=False,
+                               disable=not show_progress, dynamic_ncols=True):
+    acc, loss = learner.eval_step(tasks, positions, split=split)
+    accuracies.append(acc.numpy())
+    losses.append(loss.numpy())
+  accuracies = np.concatenate(accuracies)[:total]
+  losses = np.concatenate(losses)[:total]
+  mean, ci95 = mean_ci95(accuracies)
+  return {'accuracy': mean, 'ci95': ci95, 'loss': float(np.mean(losses)), 'num_episodes': int(total),
+          'per_episode': accuracies}
+
+
+# -- the experiment -------------------------------------------------------------------------------------------------
+
+def _check_positive(**values):
+  for key, value in values.items():
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'run_fewshot.{key} must be a positive int, got {value!r}')
+
+
+@gin.configurable
+def run_fewshot(workdir: str, data=gin.REQUIRED, learner: Callable = gin.REQUIRED, model_fn: Callable = conv4,
+                ways: int = 5, shots: int = 5, queries: int = 15, meta_batch_size: int = 2, epochs: int = 400,
+                batches_per_epoch: int = 100, val_after: int = 5, val_start: int = 100, test_start: int = 100,
+                num_val_episodes: int = 500, num_test_episodes: int = 500, num_final_episodes: int = 600,
+                eval_batch_size: Optional[int] = None, cross_domain: Optional[Dict[str, object]] = None,
+                train_split: str = 'train', val_split: str = 'val', test_split: str = 'test', augment: bool = False,
+                seed: int = 0, eval_seed: int = 1, episodes_dir: Optional[str] = None,
+                strategy: Optional[tf.distribute.Strategy] = None, deterministic: bool = False, log_every: int = 10,
+                checkpoint_every: Optional[int] = None, show_progress: bool = True, build_only: bool = False):
+  """Meta-trains `learner` on `data`, selects the best checkpoint by validation, tests it; returns results.json.
+
+  Args:
+    workdir: the run directory.
+    data: episode source (FewShotData or SyntheticData).
+    learner: factory (e.g. `@FewShotLearner`) called as learner(model_fn=..., strategy=..., seed=...).
+    model_fn: backbone builder, called with input_shape, num_classes=ways and seed.
+    ways, shots, queries: episode shape (train, validation, test and cross-domain).
+    meta_batch_size: tasks per meta-update (2 for ConvNet rows, 1 for ResNet rows).
+    epochs, batches_per_epoch: the training length (epochs x meta-updates).
+    val_after, val_start, test_start: the validation schedule above.
+    num_val_episodes, num_test_episodes: sizes of the fixed val and test-at-best-val sets (500 in the reference).
+    num_final_episodes: size of the fixed final and cross-domain evaluation sets.
+    eval_batch_size: tasks per evaluation call (independent tasks; speed only); default meta_batch_size rounded up
+      to a multiple of the replicas.
+    cross_domain: {name: data source} evaluated on their `test_split` with the best checkpoint (Table 4).
+    augment: flip-and-crop augmentation of training episodes (off in the reference).
+    seed: run seed: model init, masks, training tasks and sparse-MAML+ noise.
+    eval_seed: seed of the fixed evaluation sets (shared by all run seeds).
+    episodes_dir: where fixed evaluation sets are stored (default <workdir>/episodes; share it between runs).
+    strategy: tf.distribute strategy (wtl_tf.distribute.make_strategy); default no distribution.
+    deterministic: op determinism and one inter-op thread (CPU, non-XLA runs: XLA rejects MaxPoolGrad then);
+      bit-identical results across processes, e.g. for a resumed run. Slower for many small tasks.
+    log_every: steps between train records in metrics.jsonl (the progress bar updates every step).
+    checkpoint_every: steps between extra checkpoints inside an epoch (None: end of epochs only).
+    show_progress: tqdm progress bar.
+    build_only: build the data configuration, model and learner and return them in a dict, without reading data
+      or training (configuration checks).
+  """
+  _check_positive(ways=ways, shots=shots, queries=queries, meta_batch_size=meta_batch_size, epochs=epochs,
+                  batches_per_epoch=batches_per_epoch, val_after=val_after, num_val_episodes=num_val_episodes,
+                  num_test_episodes=num_test_episodes, num_final_episodes=num_final_episodes, log_every=log_every)
+  if checkpoint_every is not None:
+    _check_positive(checkpoint_every=checkpoint_every)
+  cross_domain = dict(cross_domain or {})
+  if deterministic:
+    # Op determinism is not enough across processes: with ops running side by side (inter-op parallelism), some CPU
+    # kernels (oneDNN and Eigen alike) split their reductions differently from run to run (measured here).
+    try:
+      distribute.set_threads(None, 1)
+    except ValueError:
+      print('warning: run_fewshot.deterministic=True: TensorFlow started before its inter-op thread pool could be '
+            'set to 1, so results are exact within this process only', file=sys.stderr)
+  strategy = strategy or tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  if meta_batch_size % replicas:
+    raise ValueError(f'run_fewshot.meta_batch_size={meta_batch_size} is not a multiple of the {replicas} replicas')
+  eval_batch_size = eval_batch_size or replicas * math.ceil(meta_batch_size / replicas)
+  if eval_batch_size % replicas:
+    raise ValueError(f'run_fewshot.eval_batch_size={eval_batch_size} is not a multiple of the {replicas} replicas')
+  image_shape = tuple(data.image_shape)
+  for name, other in cross_domain.items():
+    if tuple(other.image_shape) != image_shape:
+      raise ValueError(f'cross-domain dataset {name!r} has images {tuple(other.image_shape)}, the model takes '
+                       f'{image_shape}')
+  built = learner(model_fn=functools.partial(model_fn, input_shape=image_shape, num_classes=ways, seed=seed),
+                  strategy=strategy, seed=seed)
+  built.set_global_batch(meta_batch_size)
+  if deterministic:
+    if built.jit_compile:
+      raise ValueError('run_fewshot.deterministic needs FewShotLearner.jit_compile=False: under op determinism XLA '
+                       'refuses MaxPoolGrad')
+    tf.config.experimental.enable_op_determinism()
+  if build_only:
+    return {'learner': built, 'data': data, 'cross_domain': cross_domain, 'strategy': strategy, 'ways': ways,
+            'shots': shots, 'queries': queries, 'meta_batch_size': meta_batch_size}
+
+  chief = distribute.is_chief(strategy)
+  out_dir = workdir if chief else os.path.join(workdir, f'.worker{distribute.worker_id(strategy)}')
+  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints'), writer=chief)
+  episodes_dir = episodes_dir or os.path.join(workdir, 'episodes')
+  show_progress = show_progress and chief
+
+  # Data first, so that a missing or malformed dataset fails before any training.
+  train = data.split(train_split, ways, shots, queries, augment=augment)
+  val_set = data.split(val_split, ways, shots, queries).fixed(eval_seed + 1, num_val_episodes, episodes_dir)
+  test_set = data.split(test_split, ways, shots, queries).fixed(eval_seed + 2, num_test_episodes, episodes_dir)
+
+  progress = checkpoints.load_last(built) or {
+      'step': 0, 'epoch': 0, 'best_val': None, 'best_epoch': None, 'test_at_best': None, 'sparsity_at_best': None,
+      'history': [], 'sparsity_curve': {'epoch': [], 'sparsity': []}}
+  total_steps = epochs * batches_per_epoch
+  result_path = os.path.join(workdir, 'results.json')
+  if progress['step'] >= total_steps and os.path.exists(result_path):
+    with open(result_path, encoding='utf-8') as f:
+      return json.load(f)
+  if progress['step']:
+    print(f'{built.name}: resuming at step {progress["step"]} of {total_steps} (epoch {progress["epoch"]})',
+          flush=True)
+
+  log = summaries.Summaries(out_dir)
+  try:
+    _train(built, train, val_set, test_set, progress, checkpoints, log, seed, meta_batch_size, epochs,
+           batches_per_epoch, val_after, val_start, test_start, eval_batch_size, log_every, checkpoint_every,
+           show_progress)
+    result = _final(built, data, cross_domain, progress, checkpoints, log, test_split, ways, shots, queries,
+                    eval_seed, num_final_episodes, episodes_dir, eval_batch_size, seed, show_progress)
+  finally:
+    log.close()
+  if chief:
+    _write_json(result_path, result)
+    _plot_sparsity(workdir, built.name, built.group_names(),
+                   f'{data.name} {ways}-way {shots}-shot: sparsity per group')
+  print(format_result(result), flush=True)
+  return result
+
+
+def _plot_sparsity(workdir, name, group_order, title):
+  """sparsity.png from the train records of metrics.jsonl (a resumed run's repeated steps: the last record wins)."""
+  by_step = {r['step']: r for r in summaries.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+             if r['split'] == 'train'}
+  points = [by_step[k] for k in sorted(by_step)]
+  if not points:
+    return
+  groups = [g for g in group_order + ['overall'] if g in points[0]['sparsity']]  # Input to output, then overall.
+  plots.sparsity_over_time({name: {g: [p['sparsity'].get(g, 0.0) for p in points] for g in groups}},
+                           {name: [p['epoch'] for p in points]}, os.path.join(workdir, 'sparsity.png'),
+                           xlabel='epoch', title=title)
+
+
+def _train(learner, train, val_set, test_set, progress, checkpoints, log, seed, meta_batch_size, epochs,
+           batches_per_epoch, val_after, val_start, test_start, eval_batch_size, log_every, checkpoint_every,
+           show_progress):
+  """The epoch loop; updates `progress` in place and checkpoints it."""
+  total_steps = epochs * batches_per_epoch
+  step = progress['step']
+  if step >= total_steps:
+    return
+  batches = iter(distribute.train_batches(learner.strategy, train, seed, meta_batch_size, start_step=step))
+  bar = tqdm(total=total_steps, initial=step, desc=learner.name, unit='step', disable=not show_progress,
+             dynamic_ncols=True)
+  sparsity = learner.sparsity(position=step * meta_batch_size)['overall']
+  start = time.perf_counter()
+  try:
+    while step < total_steps:
+      tasks, positions = next(batches)
+      out = learner.train_step(tasks, positions)
+      loss, acc = float(out['loss']), float(out['accuracy'])
+      if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f'{learner.name}: the meta-loss became {loss} at step {step} (epoch {step // batches_per_epoch + 1}); '
+            f'stopped without saving, so {checkpoints.path("last.json")} (step {progress["step"]}) is the last good '
+            f'checkpoint. Lower the learning rates or set FewShotLearner.clamp_outer_gradients.')
+      step += 1
+      last_position = step * meta_batch_size - 1  # The epoch's sparsity comes from its last task (1.9).
+      if step % log_every == 0 or step % batches_per_epoch == 0:
+        spars = learner.sparsity(position=last_position)
+        sparsity = spars['overall']
+        log.log(step, 'train', loss, acc, spars, epoch=step / batches_per_epoch,
+                tasks_per_second=log_every * meta_batch_size / max(time.perf_counter() - start, 1e-9))
+        start = time.perf_counter()
+      bar.set_postfix(loss=f'{loss:.3f}', acc=f'{acc:.3f}', sparsity=f'{sparsity:.3f}', refresh=False)
+      bar.update(1)
+      if step % batches_per_epoch == 0:
+        _end_of_epoch(learner, step // batches_per_epoch, step, last_position, val_set, test_set, progress,
+                      checkpoints, log, epochs, val_after, val_start, test_start, eval_batch_size, show_progress)
+      elif checkpoint_every and step % checkpoint_every == 0:
+        progress['step'] = step
+        checkpoints.save_last(learner, progress)
+  finally:
+    bar.close()
+
+
+def _end_of_epoch(learner, epoch, step, last_position, val_set, test_set, progress, checkpoints, log, epochs,
+                  val_after, val_start, test_start, eval_batch_size, show_progress):
+  spars = learner.sparsity(position=last_position)
+  progress['sparsity_curve']['epoch'].append(epoch)
+  progress['sparsity_curve']['sparsity'].append(spars)
+  log.histograms(step, 'S(m)', learner.modulations(position=last_position))
+  log.histograms(step, 'm', learner.mask_logits())
+  if (epoch % val_after == 0 and epoch > val_start) or epoch == epochs:
+    val = evaluate(learner, val_set, eval_batch_size, 'val', desc=f'val {epoch}', show_progress=show_progress)
+    record = {'epoch': epoch, 'val_accuracy': val['accuracy'], 'val_ci95': val['ci95']}
+    log.log(step, 'val', val['loss'], val['accuracy'], spars, epoch=epoch, ci95=val['ci95'])
+    if progress['best_val'] is None or val['accuracy'] > progress['best_val']:
+      progress['best_val'] = val['accuracy']
+      if epoch > test_start:
+        test = evaluate(learner, test_set, eval_batch_size, 'test', desc=f'test {epoch}',
+                        show_progress=show_progress)
+        log.log(step, 'test', test['loss'], test['accuracy'], spars, epoch=epoch, ci95=test['ci95'])
+        progress.update(best_epoch=epoch, sparsity_at_best=spars,
+                        test_at_best={'accuracy': test['accuracy'], 'ci95': test['ci95'],
+                                      'num_episodes': test['num_episodes']})
+        record['test_accuracy'] = test['accuracy']
+        checkpoints.save_best(learner)
+    progress['history'].append(record)
+  progress.update(step=step, epoch=epoch)
+  checkpoints.save_last(learner, progress)
+
+
+def _final(learner, data, cross_domain, progress, checkpoints, log, test_split, ways, shots, queries, eval_seed,
+           num_final_episodes, episodes_dir, eval_batch_size, seed, show_progress) -> dict:
+  """Tests the selected checkpoint on the fixed evaluation episodes, here and across domains."""
+  selected = 'best' if checkpoints.load_best(learner) else 'last'
+  sparsity = progress['sparsity_at_best'] if selected == 'best' else progress['sparsity_curve']['sparsity'][-1]
+  final_set = data.split(test_split, ways, shots, queries).fixed(eval_seed, num_final_episodes, episodes_dir)
+  test = evaluate(learner, final_set, eval_batch_size, 'eval', desc='final test', show_progress=show_progress)
+  log.log(progress['step'], 'final_test', test['loss'], test['accuracy'], sparsity, ci95=test['ci95'],
+          checkpoint=selected)
+  cross, cross_ci = {}, {}
+  for name, other in cross_domain.items():
+    other_set = other.split(test_split, ways, shots, queries).fixed(eval_seed, num_final_episodes, episodes_dir)
+    res = evaluate(learner, other_set, eval_batch_size, 'eval', desc=f'cross-domain {name}',
+                   show_progress=show_progress)
+    cross[name], cross_ci[name] = res['accuracy'], res['ci95']
+    log.log(progress['step'], f'cross_domain/{name}', res['loss'], res['accuracy'], sparsity, ci95=res['ci95'])
+  result = {
+      'setting': SETTING, 'learner': learner.name, 'dataset': data.name, 'seed': seed,
+      'ways': ways, 'shots': shots, 'queries': queries, 'inner_steps': learner.inner_loop.num_steps,
+      'eval_inner_steps': learner.eval_inner_loop.num_steps,
+      'sparsity': sparsity, 'test_accuracy': test['accuracy'], 'test_accuracy_ci95': test['ci95'],
+      'num_test_episodes': test['num_episodes'], 'checkpoint': selected, 'best_epoch': progress['best_epoch'],
+      'best_val_accuracy': progress['best_val'], 'test_accuracy_at_best_val': progress['test_at_best'],
+      'steps': progress['step'], 'epochs': progress['epoch'], 'validation': progress['history'],
+  }
+  if cross_domain:
+    result['cross_domain'] = cross
+    result['cross_domain_ci95'] = cross_ci
+  return result
+
+
+def format_result(result: dict) -> str:
+  lines = [f'{result["learner"]} on {result["dataset"]} {result["ways"]}-way {result["shots"]}-shot: test accuracy '
+           f'{100 * result["test_accuracy"]:.2f} +- {100 * result["test_accuracy_ci95"]:.2f} % '
+           f'({result["num_test_episodes"]} episodes, {result["checkpoint"]} checkpoint), sparsity '
+           f'{100 * result["sparsity"]["overall"]:.2f} %']
+  for name, acc in result.get('cross_domain', {}).items():
+    lines.append(f'  cross-domain {name}: {100 * acc:.2f} +- {100 * result["cross_domain_ci95"][name]:.2f} %')
+  return '\n'.join(lines)

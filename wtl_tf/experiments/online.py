@@ -1,0 +1,314 @@
+"""The online-learning experiment (OSAKA / continual-MAML, ALGORITHMS.md 5, Table 6).
+
+    1. data: OSAKA's Omniglot order (`--option split=osaka`), MNIST and Fashion-MNIST, converted on first use;
+    2. pre-training (optional, cached and shared across stream seeds; wtl_tf/experiments/online_pretrain.py);
+    3. the stream: T steps of 50 images; at every step the learner's accuracy is measured BEFORE it learns from the
+       step (step 0 scores 0, as in OSAKA); the learner then adapts / meta-updates (wtl_tf/learners/cmaml.py,
+       online_baselines.py).
+
+Cumulative accuracy = the mean of the per-step accuracies over all T steps; per-dataset accuracy = the same mean over
+the steps of each mode (Omniglot, MNIST, Fashion-MNIST).
+
+Run directory (ARCHITECTURE.md): operative_config.gin, metrics.jsonl and tensorboard/ (every `log_every` steps: the
+window's loss and accuracy, cumulative accuracy, sparsity per group and overall, S(m) and m histograms), checkpoints/,
+results.json (setting 'online': cumulative_accuracy, per_dataset, num_steps, sparsity, boundary detection, timings),
+stream.npz (every step's accuracy, loss, mode, true switch, detected boundary, meta-update) and online_accuracy.png
+(accuracy over time with the task switches marked, and sparsity per group when the learner has masks).
+
+Checkpoints: the whole learner state (theta, m, optimizer slots, fast weights phi and the buffered steps) plus the
+per-step records are written every `checkpoint_every` steps and at the end; rerunning the same command resumes from
+the last one. The stream is a pure function of (seed, step), so a resumed run sees exactly the steps it would have.
+"""
+import functools
+import json
+import math
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import gin
+import numpy as np
+from tqdm import tqdm
+
+from wtl_tf import plots, summaries
+from wtl_tf.data import osaka
+from wtl_tf.data import prepare
+from wtl_tf.data import records
+from wtl_tf.experiments import online_pretrain
+from wtl_tf.models.conv4 import conv4
+
+SETTING = 'online'
+OSAKA_OMNIGLOT_OPTIONS = {'split': 'osaka'}
+
+
+class TrainingDiverged(RuntimeError):
+  """A NaN or infinite loss on the stream; the last checkpoint is kept."""
+
+
+@gin.register
+def osaka_convnet(seed: int = 0, hidden_size: int = 64):
+  """OSAKA's ConvNet (ALGORITHMS.md 2.4): ConvNet-4 with biases on 28x28x1, 64 features, 10 outputs."""
+  return conv4(input_shape=osaka.IMAGE_SHAPE, num_classes=10, hidden_size=hidden_size, seed=seed)
+
+
+# -- data ------------------------------------------------------------------------------------------------
+
+def load_specs(omniglot_records: Optional[str] = None, mnist_records: Optional[str] = None,
+               fashion_mnist_records: Optional[str] = None) -> Dict[str, records.DatasetSpec]:
+  """The three datasets of the stream; a missing one is a DataError naming the stream mode it feeds."""
+  specs = {}
+  for name, records_dir, options in (('omniglot', omniglot_records, OSAKA_OMNIGLOT_OPTIONS),
+                                     ('mnist', mnist_records, None), ('fashion_mnist', fashion_mnist_records, None)):
+    try:
+      if records_dir:  # An explicit conversion is used as given.
+        specs[name] = records.DatasetSpec.load(records_dir)
+      else:
+        specs[name] = prepare.ensure_records(name, options=options)
+    except records.DataError as e:
+      raise records.DataError(f'the OSAKA stream needs {name} (its "{name}" mode): {e}') from None
+  split = (specs['omniglot'].raw.get('options') or {}).get('split')
+  if split != 'osaka':
+    print(f'warning: the Omniglot records in {specs["omniglot"].root} were converted with split={split!r}, not '
+          f'split=osaka: class order and pixel convention may differ from OSAKA\'s', flush=True)
+  return specs
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------
+
+def _save_checkpoint(directory, learner, progress):
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, 'last.tmp.npz')
+  np.savez(tmp, **learner.state())
+  os.replace(tmp, os.path.join(directory, 'last.npz'))
+  progress = dict(progress, learner_stream=learner.stream_info())
+  with open(os.path.join(directory, 'last.tmp.json'), 'w', encoding='utf-8') as f:
+    json.dump(progress, f)
+  os.replace(os.path.join(directory, 'last.tmp.json'), os.path.join(directory, 'last.json'))
+
+
+def _load_checkpoint(directory, learner, identity) -> Optional[dict]:
+  path = os.path.join(directory, 'last.json')
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    progress = json.load(f)
+  if progress.get('identity') != identity:
+    raise ValueError(f'{directory} holds a checkpoint of another run ({progress.get("identity")}, this one is '
+                     f'{identity}); use another --workdir')
+  with np.load(os.path.join(directory, 'last.npz')) as state:
+    learner.restore(dict(state))
+  learner.restore_stream_info(progress.pop('learner_stream'))
+  return progress
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+
+def per_dataset_accuracy(accuracy: np.ndarray, modes: np.ndarray) -> Dict[str, Optional[float]]:
+  return {name: (float(np.mean(accuracy[modes == m])) if np.any(modes == m) else None)
+          for m, name in enumerate(osaka.MODE_NAMES)}
+
+
+def boundary_detection(detected: np.ndarray, switches: np.ndarray) -> Dict[str, Optional[float]]:
+  """Precision and recall of the detected task boundaries against the true switches (step 0 excluded)."""
+  detected, switches = detected[1:].astype(bool), switches[1:].astype(bool)
+  hits = int(np.sum(detected & switches))
+  return {'detected': int(detected.sum()), 'true_switches': int(switches.sum()),
+          'precision': hits / int(detected.sum()) if detected.any() else None,
+          'recall': hits / int(switches.sum()) if switches.any() else None}
+
+
+def _window_mean(values: List[float]) -> Optional[float]:
+  finite = [v for v in values if v is not None and math.isfinite(v)]
+  return float(np.mean(finite)) if finite else None
+
+
+# -- the experiment ----------------------------------------------------------------------------------------
+
+@gin.configurable
+def run_online(workdir: str, learner: Callable = gin.REQUIRED, p: float = 0.98, num_steps: int = 10000, seed: int = 0,
+               pretraining: Optional[online_pretrain.Pretraining] = None, pretrain_cache: Optional[str] = None,
+               model_fn: Callable = osaka_convnet, omniglot_records: Optional[str] = None,
+               mnist_records: Optional[str] = None, fashion_mnist_records: Optional[str] = None,
+               scale_mnist: bool = False, log_every: int = 100, checkpoint_every: int = 500,
+               show_progress: bool = True) -> dict:
+  """Pre-trains (if `pretraining`), runs the OSAKA stream and writes the run directory; returns results.json.
+
+  Args:
+    workdir: the run directory.
+    learner: a learner factory, called as learner(model_fn=..., seed=...) (e.g. `@c_maml/ContinualMAML`).
+    p: probability of staying in the current task at each step (0.98 or 0.9 in Table 6).
+    num_steps: T, the stream length.
+    seed: the stream seed (the schedule of switches, tasks and images). The model and mask initialisation and the
+      pre-training use `pretraining.seed`, so all seeds share one pre-trained model (without pre-training, the
+      initialisation uses `seed`).
+    pretraining: OSAKA's MAML pre-training settings, or None (online Adam starts from a random init).
+    pretrain_cache: where pre-trained models are cached (default $WTL_PRETRAIN_DIR or ~/.cache/wtl_tf/pretrained).
+    model_fn: builds the network, called with seed=.
+    omniglot_records, mnist_records, fashion_mnist_records: prepared records (default: the cache, converting raw data
+      from $WTL_DATA_DIR on first use; Omniglot with `--option split=osaka`).
+    scale_mnist: put MNIST/Fashion-MNIST in [0, 1] (OSAKA keeps them at 0-255, gotcha 17).
+    log_every: steps between metrics.jsonl / TensorBoard records.
+    checkpoint_every: steps between checkpoints.
+  """
+  if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+    raise ValueError(f'run_online.num_steps must be a positive int: the stream is empty with num_steps={num_steps!r}')
+  if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+    raise ValueError(f'run_online.p must be a probability in [0, 1], got {p!r}')
+  for key, value in (('log_every', log_every), ('checkpoint_every', checkpoint_every)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'run_online.{key} must be a positive int, got {value!r}')
+  specs = load_specs(omniglot_records, mnist_records, fashion_mnist_records)
+  stream = osaka.OsakaStream(specs['omniglot'], specs['mnist'], specs['fashion_mnist'], seed=seed, p=float(p),
+                             num_steps=num_steps, scale_mnist=scale_mnist)
+  # The model and mask initialisation belong to the pre-training (shared by every stream seed, as in OSAKA); without
+  # pre-training they follow the stream seed.
+  init_seed = pretraining.seed if pretraining is not None else seed
+  the_learner = learner(model_fn=functools.partial(model_fn, seed=init_seed), seed=init_seed)
+  name = the_learner.name
+  print(f'{name}: OSAKA stream, p={p}, T={num_steps}, seed {seed}: {int(stream.task_index[-1]) + 1} tasks, modes '
+        f'{np.bincount(stream.task_modes(), minlength=3).tolist()} (Omniglot, MNIST, Fashion-MNIST)', flush=True)
+  log = summaries.Summaries(workdir)
+  try:
+    return _run(workdir, the_learner, stream, specs, pretraining, pretrain_cache, p, seed, log, log_every,
+                checkpoint_every, show_progress)
+  finally:
+    log.close()
+
+
+def _run(workdir, learner, stream, specs, pretraining, pretrain_cache, p, seed, log, log_every, checkpoint_every,
+         show_progress):
+  name, num_steps = learner.name, stream.num_steps
+  identity = {'learner': name, 'p': float(p), 'seed': int(seed), 'num_steps': num_steps}
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  progress = _load_checkpoint(ckpt_dir, learner, identity)
+  results_path = os.path.join(workdir, 'results.json')
+  if progress and progress['step'] == num_steps and os.path.exists(results_path):
+    with open(results_path, encoding='utf-8') as f:
+      return json.load(f)
+  pretrain_info = None
+  if pretraining is not None:
+    if progress is None:
+      pretrain_info = online_pretrain.pretrain(learner, specs['omniglot'], pretraining, pretrain_cache,
+                                               show_progress, log)
+    else:  # The checkpoint already holds the (pre-trained, then streamed) model.
+      pretrain_info = progress['pretrain']
+  if progress is None:
+    progress = {'identity': identity, 'step': 0, 'seconds': 0.0, 'trace': {k: [] for k in TRACE_KEYS},
+                'curve': {'step': [], 'sparsity': [], 'accuracy': []},
+                'pretrain': _pretrain_summary(pretrain_info)}
+  else:
+    print(f'{name}: resuming the stream at step {progress["step"]} of {num_steps}', flush=True)
+  trace = progress['trace']
+  start_step = progress['step']
+  start_time = time.time() - progress['seconds']
+  bar = tqdm(total=num_steps, initial=start_step, desc=name, unit='step', disable=not show_progress,
+             dynamic_ncols=True)
+  window = []
+  loop_start = time.time()
+  for element in stream.dataset(start=start_step):
+    step = int(element.step)
+    out = learner.observe(element.images, element.labels)
+    loss = out['loss']
+    if loss is not None and not math.isfinite(loss):
+      bar.close()
+      raise TrainingDiverged(f'{name}: the loss became {loss} at stream step {step}; the checkpoint at step '
+                             f'{progress["step"]} in {ckpt_dir} is kept. Lower the learning rates.')
+    for key, value in (('accuracy', out['accuracy']), ('loss', loss), ('mode', int(element.mode)),
+                       ('switch', bool(element.task_switch)), ('tbd', bool(out['tbd'])),
+                       ('meta_update', bool(out['meta_update']))):
+      trace[key].append(value)
+    window.append(out)
+    done = step + 1
+    if done % log_every == 0 or done == num_steps:
+      _log(log, learner, progress, window, done, element)
+      accuracy = np.asarray(trace['accuracy'])
+      bar.set_postfix(acc=f'{np.mean(accuracy):.3f}', sparsity=f'{progress["curve"]["sparsity"][-1]["overall"]:.3f}',
+                      meta_updates=int(np.sum(trace['meta_update'])))
+      window = []
+    if done % checkpoint_every == 0 or done == num_steps:
+      progress.update(step=done, seconds=time.time() - start_time)
+      _save_checkpoint(ckpt_dir, learner, progress)
+    bar.update(1)
+  bar.close()
+  return _finish(workdir, learner, stream, progress, p, seed, time.time() - loop_start, start_step)
+
+
+TRACE_KEYS = ('accuracy', 'loss', 'mode', 'switch', 'tbd', 'meta_update')
+
+
+def _pretrain_summary(info):
+  if info is None:
+    return None
+  return {k: info.get(k) for k in ('directory', 'best_epoch', 'best_val_accuracy', 'seconds', 'reused')} | {
+      'epochs': len(info.get('history', []))}
+
+
+def _log(log, learner, progress, window, done, element):
+  trace = progress['trace']
+  sparsity = learner.sparsity()
+  window_acc = _window_mean([o['accuracy'] for o in window])
+  extra = {'cumulative_accuracy': float(np.mean(trace['accuracy'])), 'task': int(element.task_index),
+           'mode': osaka.MODE_NAMES[int(element.mode)], 'meta_updates': int(np.sum(trace['meta_update'])),
+           'detected_boundaries': int(np.sum(trace['tbd']))}
+  if hasattr(learner, 'masks') and learner.masks and type(learner.modulation).__name__ == 'PerTensorStepSize':
+    extra['step_sizes'] = learner.step_size_values()
+  log.log(done, 'stream', _window_mean([o['loss'] for o in window]), window_acc, sparsity, **extra)
+  mods = learner.modulations()
+  if mods:
+    log.histograms(done, 'S(m)', mods)
+    log.histograms(done, 'm', learner.mask_logits())
+  progress['curve']['step'].append(done)
+  progress['curve']['sparsity'].append(sparsity)
+  progress['curve']['accuracy'].append(window_acc)
+
+
+def _finish(workdir, learner, stream, progress, p, seed, session_seconds, start_step):
+  trace = progress['trace']
+  accuracy = np.asarray(trace['accuracy'], np.float64)
+  modes = np.asarray(trace['mode'], np.int64)
+  switches, detected = np.asarray(trace['switch']), np.asarray(trace['tbd'])
+  timings = {k: float(v) for k, v in getattr(learner, 'timings', {}).items()}
+  counts = dict(getattr(learner, 'counts', {}))
+  steps_timed = stream.num_steps - start_step
+  result = {
+      'setting': SETTING, 'learner': learner.name, 'dataset': 'osaka(omniglot, mnist, fashion_mnist)',
+      'seed': int(seed), 'p': float(p), 'num_steps': stream.num_steps,
+      'cumulative_accuracy': float(accuracy.mean()),
+      'per_dataset': per_dataset_accuracy(accuracy, modes),
+      'steps_per_dataset': {name: int(np.sum(modes == m)) for m, name in enumerate(osaka.MODE_NAMES)},
+      'sparsity': learner.sparsity(),
+      'num_tasks': int(stream.task_index[-1]) + 1,
+      'meta_updates': int(np.sum(trace['meta_update'])),
+      'boundary_detection': boundary_detection(detected, switches),
+      'pretraining': progress['pretrain'],
+      'wall_seconds': progress['seconds'],
+      'stream_steps_per_second': steps_timed / session_seconds if session_seconds > 0 else None,
+      'resumed_at_step': start_step or None,
+      'timings_seconds': timings, 'timing_counts': counts,
+      'step_sizes': learner.step_size_values(),
+      'sparsity_curve': progress['curve'],
+  }
+  np.savez_compressed(os.path.join(workdir, 'stream.npz'), accuracy=accuracy, modes=modes, switches=switches,
+                      detected=detected, meta_update=np.asarray(trace['meta_update']),
+                      loss=np.array([np.nan if v is None else v for v in trace['loss']], np.float64))
+  with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
+    json.dump(result, f, indent=1)
+  curve = progress['curve']
+  groups = [g for g in (curve['sparsity'][0] if curve['sparsity'] else {}) if g != 'overall']
+  # A sparsity panel only for per-coordinate masks (C-MAML's per-tensor step sizes are never exactly 0).
+  masked = any(np.size(s) > 1 for s in learner.modulations().values())
+  plots.online_accuracy(accuracy, modes, switches, detected, os.path.join(workdir, 'online_accuracy.png'),
+                        title=f'{learner.name}, OSAKA p={p}, seed {seed}: cumulative accuracy {accuracy.mean():.3f}',
+                        sparsity_steps=curve['step'] if masked else None,
+                        sparsity={g: [s[g] for s in curve['sparsity']] for g in groups + ['overall']})
+  print(format_result(result), flush=True)
+  return result
+
+
+def format_result(r: dict) -> str:
+  per = ', '.join(f'{k} {v:.4f}' if v is not None else f'{k} -' for k, v in r['per_dataset'].items())
+  bd = r['boundary_detection']
+  rate = r['stream_steps_per_second']
+  return (f'{r["learner"]}: cumulative accuracy {r["cumulative_accuracy"]:.4f} ({per}); sparsity '
+          f'{r["sparsity"]["overall"]:.4f}; {r["meta_updates"]} meta-updates, {bd["detected"]} detected / '
+          f'{bd["true_switches"]} true switches; ' + (f'{rate:.2f} steps/s' if rate else ''))
