@@ -302,3 +302,17 @@ def test_tasks_in_flight_do_not_change_the_meta_update(buffered):
     results.append([float(loss)] + [v.numpy() for v in learner.theta + learner.masks])
   for a, b in zip(*results):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_second_order_pretraining_step_runs_repeatedly():
+  """Regression: a second-order step of a 64-channel Conv4 failed on its second call (Grappler, see online_base)."""
+  learner = ContinualMAML(functools.partial(conv4, (28, 28, 1), 10), modulation=modulation.Identity(0.1),
+                          inner_loop=inner_loop.InnerLoop(num_steps=2, first_order=False, adapt_bn=False),
+                          meta_learning=False, gamma=None)
+  rng = np.random.default_rng(0)
+  tasks = [tf.constant(rng.uniform(size=(1, 50, 28, 28, 1)).astype(np.float32)),
+           tf.constant(np.repeat(np.arange(10), 5)[None].astype(np.int32)),
+           tf.constant(rng.uniform(size=(1, 150, 28, 28, 1)).astype(np.float32)),
+           tf.constant(np.repeat(np.arange(10), 15)[None].astype(np.int32))]
+  losses = [float(learner._pretrain_step(*tasks)[0]) for _ in range(3)]  # pylint: disable=protected-access
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0]

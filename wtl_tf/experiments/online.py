@@ -30,6 +30,7 @@ import gin
 import numpy as np
 from tqdm import tqdm
 
+from wtl_tf import modulation as modulation_lib
 from wtl_tf import plots, summaries
 from wtl_tf.data import osaka
 from wtl_tf.data import prepare
@@ -38,6 +39,7 @@ from wtl_tf.experiments import online_pretrain
 from wtl_tf.models.conv4 import conv4
 
 SETTING = 'online'
+TRACE_KEYS = ('accuracy', 'loss', 'mode', 'switch', 'tbd', 'meta_update')  # Recorded at every stream step.
 OSAKA_OMNIGLOT_OPTIONS = {'split': 'osaka'}
 
 
@@ -233,8 +235,6 @@ def _run(workdir, learner, stream, specs, pretraining, pretrain_cache, p, seed, 
   return _finish(workdir, learner, stream, progress, p, seed, time.time() - loop_start, start_step)
 
 
-TRACE_KEYS = ('accuracy', 'loss', 'mode', 'switch', 'tbd', 'meta_update')
-
 
 def _pretrain_summary(info):
   if info is None:
@@ -250,8 +250,8 @@ def _log(log, learner, progress, window, done, element):
   extra = {'cumulative_accuracy': float(np.mean(trace['accuracy'])), 'task': int(element.task_index),
            'mode': osaka.MODE_NAMES[int(element.mode)], 'meta_updates': int(np.sum(trace['meta_update'])),
            'detected_boundaries': int(np.sum(trace['tbd']))}
-  if hasattr(learner, 'masks') and learner.masks and type(learner.modulation).__name__ == 'PerTensorStepSize':
-    extra['step_sizes'] = learner.step_size_values()
+  if isinstance(learner.modulation, modulation_lib.PerTensorStepSize):
+    extra['step_sizes'] = learner.step_size_values()  # C-MAML's learned per-tensor step sizes.
   log.log(done, 'stream', _window_mean([o['loss'] for o in window]), window_acc, sparsity, **extra)
   mods = learner.modulations()
   if mods:

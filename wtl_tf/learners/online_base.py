@@ -71,6 +71,10 @@ class OnlineLearner:
     self.model = model_fn()
     if not self.inner_loop.first_order:
       layers.set_fused_batchnorm(self.model, False)  # Exact second derivatives (wtl_tf/models/layers.py).
+      # Grappler's memory optimizer turns big gradient AddNs into temporary variables; with its dependency optimizer
+      # on, a second-order step with the inner while loop fails on its second call (AlreadyExistsError on
+      # '.../AddN_*/tmp_var', Conv4 with 64 channels, TF 2.21). Process-wide, so set only for second-order learners.
+      tf.config.optimizer.set_experimental_options({'dependency_optimization': False})
     self.infos = params_lib.describe(self.model)
     self.theta = list(self.model.trainable_variables)
     self.non_trainable = list(self.model.non_trainable_variables)
