@@ -158,6 +158,34 @@ class EncodeFn(beam.DoFn):
            (raw.source_id, make_example(png, raw.class_id, raw.source_id), hashlib.sha256(raw_bytes).hexdigest()))
 
 
+class MemberReader:
+  """Reads loose files and zip members, keeping each zip open once per work item (a context manager).
+
+  `read(input_dir, container, location)`: `container` None means the file `input_dir/location`; otherwise `location`
+  is a member of the zip file `container`.
+  """
+
+  def __enter__(self):
+    self._archives = {}
+    return self
+
+  def read(self, input_dir, container, location) -> bytes:
+    import zipfile  # pylint: disable=g-import-not-at-top
+    if container is None:
+      with FileSystems.open(os.path.join(input_dir, location), compression_type='uncompressed') as f:
+        return f.read()
+    if container not in self._archives:
+      handle = FileSystems.open(container, compression_type='uncompressed')
+      self._archives[container] = (handle, zipfile.ZipFile(handle))
+    return self._archives[container][1].read(location)
+
+  def __exit__(self, *exc):
+    for handle, archive in self._archives.values():
+      archive.close()
+      handle.close()
+    return False
+
+
 def shard_name(split, class_id, shard, num_shards):
   return f'{split}-c{class_id:05d}-{shard:05d}-of-{num_shards:05d}.tfrecord'
 

@@ -215,22 +215,10 @@ def _read_item(item, input_dir):
     return
   _, split, class_id, files = item
   name = CLASSES[class_id]
-  archives = {}
-  try:
+  with core.MemberReader() as reader:
     for container, location in files:
-      if container is None:
-        data = _read_bytes(os.path.join(input_dir, location))
-      else:
-        if container not in archives:
-          handle = FileSystems.open(container, compression_type='uncompressed')
-          archives[container] = (handle, zipfile.ZipFile(handle))
-        data = archives[container][1].read(location)
       yield core.RawImage(class_id=class_id, split=split, source_id=_source_id(split, name, location),
-                          data=data)
-  finally:
-    for handle, archive in archives.values():
-      archive.close()
-      handle.close()
+                          data=reader.read(input_dir, container, location))
 
 
 def read(the_plan):

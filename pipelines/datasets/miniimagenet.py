@@ -176,22 +176,10 @@ def work_items(the_plan):
 
 def _read_chunk(item, input_dir):
   class_id, split, files = item
-  archives = {}
-  try:
+  with core.MemberReader() as reader:
     for filename, container, location in files:
-      if container is None:
-        with FileSystems.open(os.path.join(input_dir, location), compression_type='uncompressed') as f:
-          data = f.read()
-      else:
-        if container not in archives:
-          handle = FileSystems.open(container, compression_type='uncompressed')
-          archives[container] = (handle, zipfile.ZipFile(handle))
-        data = archives[container][1].read(location)
-      yield core.RawImage(class_id=class_id, split=split, source_id=filename, data=data)
-  finally:
-    for handle, archive in archives.values():
-      archive.close()
-      handle.close()
+      yield core.RawImage(class_id=class_id, split=split, source_id=filename,
+                          data=reader.read(input_dir, container, location))
 
 
 def read(the_plan):
