@@ -246,7 +246,8 @@ def test_stream_functions_trace_once_over_task_changes():
   updates = [o.get('meta_tasks') for o in outs if o['meta_update']]
   assert len(set(updates)) >= 2, updates  # Meta-updates over different numbers of task pairs ...
   assert any(o['tbd'] for o in outs) and not all(o['tbd'] for o in outs[1:])
-  for fn in (learner._loss_acc, learner._adapt, learner._meta_update, learner._push):  # pylint: disable=protected-access
+  compiled = (learner._loss_acc, learner._adapt, learner._meta_update, learner._push)  # pylint: disable=protected-access
+  for fn in compiled:
     assert fn.experimental_get_tracing_count() == 1  # ... and task switches, yet one trace each.
   baseline = OnlineAdam(small_convnet)
   for x, y in synthetic_steps(12):

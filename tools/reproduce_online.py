@@ -1,4 +1,4 @@
-"""Reproduces a Table-6 column (OSAKA online learning, p = 0.98 or 0.9) over seeds; prints mean ± std next to the paper.
+"""Reproduces a Table-6 column (OSAKA online learning, p = 0.98 or 0.9) over seeds, mean ± std next to the paper.
 
   python tools/reproduce_online.py --p=0.98 --learners=c_maml,sparse_c_maml,sparse_relu_c_maml --seeds=0,1,2,3,4 \
       --workdir=runs/table6 [--short] [--gin_file=...] [--gin_param='run_online.num_steps=2000' ...]
@@ -55,6 +55,8 @@ def mean_std(values):
 
 
 def fmt(pair, digits=1):
+  if pair[0] != pair[0]:  # NaN: no run saw that dataset.
+    return '-'
   return f'{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}'
 
 
