@@ -6,7 +6,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import pytest  # pylint: disable=g-import-not-at-top
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def data_root():
   """Directory with the real raw datasets (WTL_DATA_DIR); tests using it skip when it is absent."""
   root = os.environ.get('WTL_DATA_DIR')
