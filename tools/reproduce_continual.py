@@ -19,6 +19,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from wtl_tf import summaries  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Table 5 of the paper, RA / BTI in % as (mean, std) (ALGORITHMS.md section 6).
 PAPER = {
@@ -103,12 +104,7 @@ def main():
   for learner, s in summary.items():
     lines.append(f'- {learner}: ' + ', '.join(f'{g} {v:.1f}' for g, v in s['final_sparsity_by_group'].items()))
   table = '\n'.join(lines)
-  print(table)
-  os.makedirs(base, exist_ok=True)
-  with open(os.path.join(base, 'table.md'), 'w', encoding='utf-8') as f:
-    f.write(table + '\n')
-  with open(os.path.join(base, 'summary.json'), 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=1)
+  summaries.write_sweep_summary(base, table, summary)
   from wtl_tf import plots  # pylint: disable=g-import-not-at-top
   num_tasks = len(next(iter(curves.values()))['overall'])
   plots.sparsity_over_time(curves, {l: list(range(1, num_tasks + 1)) for l in curves},

@@ -22,6 +22,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from wtl_tf import summaries  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Table 6 of the paper: cumulative accuracy in %, (mean, std) at p = 0.98 and p = 0.9 (ALGORITHMS.md section 6).
 PAPER = {
@@ -118,12 +119,7 @@ def main(argv=None):
   others = [k for k in PAPER[args.p] if k not in summary]
   lines += ['', 'Paper rows not run here: ' + ', '.join(f'{k} {fmt(PAPER[args.p][k])}' for k in others)]
   table = '\n'.join(lines)
-  print(table)
-  os.makedirs(base, exist_ok=True)
-  with open(os.path.join(base, 'table.md'), 'w', encoding='utf-8') as f:
-    f.write(table + '\n')
-  with open(os.path.join(base, 'summary.json'), 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=1)
+  summaries.write_sweep_summary(base, table, summary)
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
