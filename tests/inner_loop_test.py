@@ -178,3 +178,25 @@ def test_zero_steps_and_bad_input():
     inner_loop.InnerLoop(num_steps=-1)
   with pytest.raises(ValueError, match='bn_mode'):
     inner_loop.InnerLoop(bn_mode='running')
+
+
+@pytest.mark.parametrize('first_order', [True, False])
+def test_unrolled_loop_equals_while_loop(first_order):
+  """InnerLoop.unroll writes the K steps out: phi_K and the meta-gradient must not change (float64)."""
+  model, _ = _tanh_mlp()
+  _, support, query = tiny.task(5)
+  support, query = tuple(map(tf.constant, support)), tuple(map(tf.constant, query))
+  rng = np.random.default_rng(1)
+  theta = tiny.to_tf([rng.normal(size=v.shape) * 0.7 for v in model.trainable_variables])
+  results = []
+  for unroll in (False, True):
+    with tf.GradientTape() as tape:
+      tape.watch(theta)
+      sizes = [tf.constant(0.3, tf.float64)] * len(theta)
+      fast = inner_loop.adapt(model, theta, [], sizes, *support, 4, first_order=first_order, unroll=unroll)
+      loss = inner_loop.cross_entropy(query[1], inner_loop.forward(model, fast, [], query[0]))
+    results.append([t.numpy() for t in fast] + [g.numpy() for g in tape.gradient(loss, theta)])
+  moved = max(np.abs(a - t.numpy()).max() for a, t in zip(results[0], theta))
+  assert moved > 1e-2  # The loop did adapt, so agreement below is not trivial.
+  for a, b in zip(*results):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

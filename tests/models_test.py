@@ -161,3 +161,45 @@ def test_fused_batchnorm_values_gradients_statistics_and_second_order_switch():
   plain(task[0], training=True)
   for a, b in zip(fused.non_trainable_variables, plain.non_trainable_variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('channels,padding', [(1, 'same'), (3, 'same'), (2, 'valid')])
+def test_conv_by_patches_equals_conv2d_values_and_gradients(channels, padding):
+  """Conv2DByPatches is Conv2D computed another way: output and every gradient agree in float64."""
+  rng = np.random.default_rng(channels)
+  x = tf.constant(rng.normal(size=(3, 9, 7, channels)))
+  standard = keras.layers.Conv2D(5, 3, padding=padding, dtype='float64')
+  patches = layers.Conv2DByPatches(5, 3, padding=padding, dtype='float64')
+  standard.build(x.shape)
+  patches.build(x.shape)
+  kernel = tf.constant(rng.normal(size=standard.kernel.shape))
+  bias = tf.constant(rng.normal(size=standard.bias.shape))
+  weights = tf.constant(rng.normal(size=(3, 9 if padding == 'same' else 7, 7 if padding == 'same' else 5, 5)))
+  outs = []
+  for layer in (standard, patches):
+    with tf.GradientTape() as tape:
+      tape.watch([x, kernel, bias])
+      y, _ = layer.stateless_call([kernel, bias], [], x)
+      loss = tf.reduce_sum(weights * y)  # A generic linear functional of the output.
+    outs.append([y] + tape.gradient(loss, [x, kernel, bias]))
+  for a, b in zip(*outs):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-12)
+  # A stride-2 layer falls back to the standard kernel (patches assume stride 1).
+  strided = layers.Conv2DByPatches(4, 3, strides=2, padding='same', dtype='float64')
+  reference = keras.layers.Conv2D(4, 3, strides=2, padding='same', dtype='float64')
+  strided.build(x.shape)
+  reference.build(x.shape)
+  reference.set_weights(strided.get_weights())
+  np.testing.assert_allclose(strided(x).numpy(), reference(x).numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_osaka_convnet_first_conv_by_patches_same_function():
+  from wtl_tf.experiments import online  # pylint: disable=g-import-not-at-top
+  fast, plain = online.osaka_convnet(seed=3), online.osaka_convnet(seed=3, first_conv_by_patches=False)
+  assert isinstance(fast.get_layer('conv1'), layers.Conv2DByPatches)
+  assert type(plain.get_layer('conv1')) is keras.layers.Conv2D  # pylint: disable=unidiomatic-typecheck
+  assert [v.path for v in fast.weights] == [v.path for v in plain.weights]
+  for a, b in zip(fast.weights, plain.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  x = tf.constant(np.random.default_rng(0).uniform(size=(6, 28, 28, 1)), tf.float32)
+  np.testing.assert_allclose(fast(x, training=True).numpy(), plain(x, training=True).numpy(), rtol=1e-4, atol=1e-5)

@@ -243,15 +243,18 @@ def main():
   parser.add_argument('--row', default='p098_c_maml', help='online-one: one row.')
   parser.add_argument('--steps', type=int, default=300, help='online: timed stream steps per row.')
   parser.add_argument('--warmup', type=int, default=30, help='online: untimed stream steps first (tracing).')
+  parser.add_argument('--gin_param', action='append', default=[],
+                      help='online: a gin binding applied to every row (repeatable).')
   args = parser.parse_args()
   if args.what in ('online', 'online-one'):
     import benchmark_online  # pylint: disable=g-import-not-at-top  (tools/, next to this file)
     if args.what == 'online-one':
-      print(json.dumps(benchmark_online.bench_online_one(args.row, args.steps, args.warmup, args.intra_op_threads)))
+      print(json.dumps(benchmark_online.bench_online_one(args.row, args.steps, args.warmup, args.intra_op_threads,
+                                                         args.gin_param)))
     else:
       rows = (args.rows or benchmark_online.DEFAULT_ROWS).split(',')
       benchmark_online.run_online_benchmarks(rows, args.steps, args.warmup, args.timeout, args.intra_op_threads,
-                                             _subprocess_json)
+                                             _subprocess_json, args.gin_param)
     return
   if args.what == 'fewshot-one':
     print(json.dumps(bench_fewshot_one(args.config, args.jit == 'on', args.intra_op_threads)))

@@ -3,11 +3,12 @@
 Run through tools/benchmark.py:
 
   python tools/benchmark.py online [--rows=p098_c_maml,p098_sparse_c_maml,p090_c_maml,p090_sparse_c_maml]
-                                   [--steps=300] [--warmup=30] [--intra_op_threads=N]
+                                   [--steps=300] [--warmup=30] [--intra_op_threads=N] [--gin_param=B ...]
 
 Each row (a gin file gin/online/<row>.gin, so the learner has exactly the Table-6 settings) runs in a fresh process:
 the real OSAKA stream of that row's p (records converted on first use, see wtl_tf/data/prepare.py), a model without
-pre-training, `warmup` untimed steps (tracing), then `steps` timed steps of `learner.observe`. It reports stream
+pre-training (with the `--gin_param` bindings on top, e.g. `InnerLoop.unroll=False` or
+`osaka_convnet.first_conv_by_patches=False` to measure what those speed-ups bring), `warmup` untimed steps (tracing), then `steps` timed steps of `learner.observe`. It reports stream
 steps per second, the projected time of a 10000-step stream, and the wall time per step split into evaluation
 (accuracy before adapting), adaptation (K inner steps), detection (the loss after adapting), meta-update (per
 meta-update and per task pair), buffer writes and the rest (input pipeline, Python, logging-free loop overhead).
@@ -24,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ROWS = 'p098_c_maml,p098_sparse_c_maml,p090_c_maml,p090_sparse_c_maml'
 
 
-def bench_online_one(row: str, steps: int, warmup: int, intra_op_threads=None) -> dict:
+def bench_online_one(row: str, steps: int, warmup: int, intra_op_threads=None, gin_params=()) -> dict:
   """One row in this process: steps/s and the per-phase breakdown (ms per stream step)."""
   import functools  # pylint: disable=g-import-not-at-top
   import gin  # pylint: disable=g-import-not-at-top
@@ -34,7 +35,7 @@ def bench_online_one(row: str, steps: int, warmup: int, intra_op_threads=None) -
   from wtl_tf import main  # pylint: disable=g-import-not-at-top
   from wtl_tf.data import osaka  # pylint: disable=g-import-not-at-top
   from wtl_tf.experiments import online  # pylint: disable=g-import-not-at-top
-  main.parse_config([os.path.join(ROOT, 'gin', 'online', f'{row}.gin')], [])
+  main.parse_config([os.path.join(ROOT, 'gin', 'online', f'{row}.gin')], list(gin_params))
   p = gin.query_parameter('run_online.p')
   learner = gin.query_parameter('run_online.learner').scoped_configurable_fn(
       model_fn=functools.partial(online.osaka_convnet, seed=0), seed=0)
@@ -68,7 +69,7 @@ def bench_online_one(row: str, steps: int, warmup: int, intra_op_threads=None) -
       'ms_per_step': per_step, 'meta_updates': meta_updates, 'meta_task_pairs': meta_tasks,
       'ms_per_meta_task_pair': (1000.0 * learner.timings.get('meta_update', 0.0) / meta_tasks) if meta_tasks else None,
       'ms_per_adaptation': 1000.0 * learner.timings['adaptation'] / max(learner.counts['adaptation'], 1),
-      'intra_op_threads': intra_op_threads,
+      'intra_op_threads': intra_op_threads, 'gin_params': list(gin_params),
   }
 
 
@@ -85,10 +86,11 @@ def format_online_table(rows) -> str:
   return '\n'.join(lines)
 
 
-def run_online_benchmarks(rows, steps, warmup, timeout, intra_op_threads, subprocess_json):
+def run_online_benchmarks(rows, steps, warmup, timeout, intra_op_threads, subprocess_json, gin_params=()):
   results = []
   for row in rows:
     args = ['online-one', f'--row={row}', f'--steps={steps}', f'--warmup={warmup}']
+    args += [f'--gin_param={b}' for b in gin_params]
     if intra_op_threads:
       args.append(f'--intra_op_threads={intra_op_threads}')
     result = subprocess_json(args, timeout)

@@ -21,7 +21,8 @@ from wtl_tf.models import layers
 
 @gin.register
 def conv4(input_shape: Sequence[int] = (84, 84, 3), num_classes: int = 5, hidden_size: int = 64,
-          num_blocks: int = 4, bias: bool = True, seed: int = 0, fused_bn: Optional[bool] = None) -> keras.Model:
+          num_blocks: int = 4, bias: bool = True, seed: int = 0, fused_bn: Optional[bool] = None,
+          first_conv_by_patches: bool = False) -> keras.Model:
   """A built Keras ConvNet-4; images are NHWC float32."""
   input_shape = tuple(int(d) for d in input_shape)
   if len(input_shape) != 3 or min(input_shape) <= 0 or num_classes <= 0 or hidden_size <= 0 or num_blocks <= 0:
@@ -33,7 +34,8 @@ def conv4(input_shape: Sequence[int] = (84, 84, 3), num_classes: int = 5, hidden
   x, channels = inputs, input_shape[-1]
   for i in range(num_blocks):
     fan_in = 9 * channels
-    x = keras.layers.Conv2D(hidden_size, 3, padding='same', use_bias=bias,
+    conv = layers.Conv2DByPatches if (i == 0 and first_conv_by_patches) else keras.layers.Conv2D
+    x = conv(hidden_size, 3, padding='same', use_bias=bias,
                             kernel_initializer=layers.torch_uniform(fan_in, seed * 1000 + 2 * i),
                             bias_initializer=layers.torch_uniform(fan_in, seed * 1000 + 2 * i + 1),
                             name=f'conv{i + 1}')(x)

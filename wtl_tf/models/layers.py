@@ -90,3 +90,28 @@ class NegInfPaddedMaxPool(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), 'pool_size': self.pool_size, 'strides': self.strides, 'padding': self.pad}
+
+
+class Conv2DByPatches(keras.layers.Conv2D):
+  """A stride-1 Conv2D computed as image patches times the reshaped kernel (im2col), for inputs with few channels.
+
+  The same function and parameters as `keras.layers.Conv2D` (checkpoints are interchangeable). It exists for speed:
+  on CPU, TensorFlow's filter gradient of a first layer with one input channel (OSAKA's 28x28x1 images) took
+  ~2.6 ms per 50 images inside a Conv4 inner step, five times its forward pass. As patches, the filter gradient is
+  one small matmul, and the patches of a network's input (no gradient needed) are extracted once per graph when the
+  same images pass through every inner step. Other strides, dilations or groups use the standard kernel.
+  """
+
+  def _by_patches(self) -> bool:
+    return (self.data_format == 'channels_last' and tuple(self.strides) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1) and self.groups == 1)
+
+  def convolution_op(self, inputs, kernel):
+    if not self._by_patches():
+      return super().convolution_op(inputs, kernel)
+    kh, kw = self.kernel_size
+    patches = tf.image.extract_patches(inputs, sizes=[1, kh, kw, 1], strides=[1, 1, 1, 1], rates=[1, 1, 1, 1],
+                                       padding=self.padding.upper())
+    flat = tf.reshape(patches, [-1, patches.shape[-1]])  # Patch entries are ordered (row, column, channel).
+    out = tf.matmul(flat, tf.reshape(kernel, [-1, self.filters]))
+    return tf.reshape(out, tf.concat([tf.shape(patches)[:3], [self.filters]], 0))
