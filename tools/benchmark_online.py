@@ -8,10 +8,11 @@ Run through tools/benchmark.py:
 Each row (a gin file gin/online/<row>.gin, so the learner has exactly the Table-6 settings) runs in a fresh process:
 the real OSAKA stream of that row's p (records converted on first use, see wtl_tf/data/prepare.py), a model without
 pre-training (with the `--gin_param` bindings on top, e.g. `InnerLoop.unroll=False` or
-`osaka_convnet.first_conv_by_patches=False` to measure what those speed-ups bring), `warmup` untimed steps (tracing), then `steps` timed steps of `learner.observe`. It reports stream
-steps per second, the projected time of a 10000-step stream, and the wall time per step split into evaluation
-(accuracy before adapting), adaptation (K inner steps), detection (the loss after adapting), meta-update (per
-meta-update and per task pair), buffer writes and the rest (input pipeline, Python, logging-free loop overhead).
+`osaka_convnet.first_conv_by_patches=False` to measure what those speed-ups bring), `warmup` untimed steps
+(tracing), then `steps` timed steps of `learner.observe`. It reports stream steps per second, the projected time of
+a 10000-step stream, and the wall time per step split into evaluation (accuracy before adapting), adaptation (K
+inner steps), detection (the loss after adapting), meta-update (per meta-update and per task pair), buffer writes
+and the rest (input pipeline, Python, logging-free loop overhead).
 
 The meta-update cost per stream step hardly depends on how well boundaries are detected: a buffer of n steps gives
 n - ceil(n/2) task pairs, so about half a task pair is trained per buffered step whenever the buffer is flushed.
