@@ -52,7 +52,8 @@ def osaka_convnet(seed: int = 0, hidden_size: int = 64, first_conv_by_patches: b
   """OSAKA's ConvNet (ALGORITHMS.md 2.4): ConvNet-4 with biases on 28x28x1, 64 features, 10 outputs.
 
   `first_conv_by_patches` computes the 1-channel first convolution as patches times kernel (the same function, see
-  `layers.Conv2DByPatches`); its filter gradient is then ~5x cheaper on CPU.
+  `layers.Conv2DByPatches`): TensorFlow's filter gradient for it was the slowest kernel of the step on CPU, and an
+  8-step adaptation went from 111 to 92 ms (docs/PERFORMANCE.md).
   """
   return conv4(input_shape=osaka.IMAGE_SHAPE, num_classes=10, hidden_size=hidden_size, seed=seed,
                first_conv_by_patches=first_conv_by_patches)
