@@ -43,3 +43,16 @@ def test_demo_runs_and_writes_config(tmp_path):
   assert out.returncode == 0, out.stderr
   assert (tmp_path / 'operative_config.gin').read_text().count('run_demo.steps = 20') == 1
   assert 'sparse_maml' in out.stdout
+
+
+@pytest.mark.parametrize('row', ['p098_c_maml', 'p098_sparse_c_maml', 'p090_sparse_relu_c_maml', 'p090_maml'])
+def test_online_rows_unroll_their_inner_loop(row):
+  """osaka.gin's unscoped `InnerLoop.unroll = True` must reach every learner's scoped InnerLoop (the stream's speed)."""
+  gin.clear_config()
+  try:
+    main.parse_config([os.path.join(ROOT, 'gin', 'online', f'{row}.gin')], [])
+    learner = row.split('_', 1)[1]
+    loop = gin.query_parameter(f'{learner}/ContinualMAML.inner_loop').scoped_configurable_fn()
+    assert loop.unroll and loop.num_steps in (8, 16)
+  finally:
+    gin.clear_config()

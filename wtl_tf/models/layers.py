@@ -98,8 +98,9 @@ class Conv2DByPatches(keras.layers.Conv2D):
   The same function and parameters as `keras.layers.Conv2D` (checkpoints are interchangeable). It exists for speed:
   on CPU, TensorFlow's filter gradient of a first layer with one input channel (OSAKA's 28x28x1 images) took
   ~2.6 ms per 50 images inside a Conv4 inner step, five times its forward pass. As patches, the filter gradient is
-  one small matmul, and the patches of a network's input (no gradient needed) are extracted once per graph when the
-  same images pass through every inner step. Other strides, dilations or groups use the standard kernel.
+  one small matmul; on its own the layer is no faster (forward + filter gradient 3.6 vs 1.8 ms for 50 images), but
+  inside an unrolled 8-step adaptation, where every step sees the same input images, the step went from 111 to 92 ms.
+  Other strides, dilations or groups use the standard kernel.
   """
 
   def _by_patches(self) -> bool:
