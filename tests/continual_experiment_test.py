@@ -12,8 +12,8 @@ import pytest
 from wtl_tf import modulation
 from wtl_tf.data import continual as continual_data
 from wtl_tf.experiments import continual
-from wtl_tf.learners import continual_baselines as baselines
-from wtl_tf.learners.lamaml import LaMAML
+from wtl_tf.learners.continual import baselines
+from wtl_tf.learners.continual.lamaml import LaMAML
 from wtl_tf.models.mlp import mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

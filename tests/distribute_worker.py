@@ -18,7 +18,7 @@ from wtl_tf import distribute  # pylint: disable=g-import-not-at-top,wrong-impor
 from wtl_tf import inner_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from wtl_tf import modulation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from wtl_tf import optimizers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from wtl_tf.experiments.fewshot_data import SyntheticData  # pylint: disable=g-import-not-at-top,wrong-import-position
+from wtl_tf.data.fewshot import SyntheticData  # pylint: disable=g-import-not-at-top,wrong-import-position
 from wtl_tf.learners.fewshot import FewShotLearner  # pylint: disable=g-import-not-at-top,wrong-import-position
 from wtl_tf.models.conv4 import conv4  # pylint: disable=g-import-not-at-top,wrong-import-position
 

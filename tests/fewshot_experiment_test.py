@@ -16,7 +16,7 @@ from wtl_tf import inner_loop
 from wtl_tf import optimizers
 from wtl_tf import summaries
 from wtl_tf.experiments import fewshot
-from wtl_tf.experiments.fewshot_data import SyntheticData
+from wtl_tf.data.fewshot import SyntheticData
 from wtl_tf.learners.fewshot import FewShotLearner
 from wtl_tf.models.conv4 import conv4
 

@@ -8,7 +8,7 @@ import pytest
 
 from wtl_tf import main
 from wtl_tf import modulation as M
-from wtl_tf.experiments.fewshot_data import FewShotData, SyntheticData
+from wtl_tf.data.fewshot import FewShotData, SyntheticData
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = {'base', 'conv4_miniimagenet', 'resnet12_miniimagenet', 'conv4_omniglot', 'cross_domain', 'smoke'}

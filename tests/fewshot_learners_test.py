@@ -9,7 +9,7 @@ import tensorflow as tf
 from wtl_tf import inner_loop
 from wtl_tf import modulation as M
 from wtl_tf import optimizers
-from wtl_tf.experiments.fewshot_data import SyntheticData
+from wtl_tf.data.fewshot import SyntheticData
 from wtl_tf.learners.fewshot import FewShotLearner
 from wtl_tf.models.conv4 import conv4
 

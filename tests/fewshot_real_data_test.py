@@ -13,7 +13,7 @@ from tests.fewshot_learners_test import LEARNERS
 from wtl_tf import inner_loop
 from wtl_tf import modulation as M
 from wtl_tf import optimizers
-from wtl_tf.experiments.fewshot_data import FewShotData
+from wtl_tf.data.fewshot import FewShotData
 from wtl_tf.learners.fewshot import FewShotLearner
 from wtl_tf.models.conv4 import conv4
 

@@ -5,8 +5,8 @@ import tensorflow as tf
 
 from wtl_tf import modulation
 from wtl_tf.experiments.continual import ra_bti
-from wtl_tf.learners.continual_base import Reservoir, padded_batch
-from wtl_tf.learners.lamaml import LaMAML
+from wtl_tf.learners.continual.base import Reservoir, padded_batch
+from wtl_tf.learners.continual.lamaml import LaMAML
 from wtl_tf.models.mlp import mlp
 
 D, H, C, B, R = 6, 5, 3, 3, 2

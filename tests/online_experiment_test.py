@@ -16,8 +16,8 @@ from pipelines import main as pipeline_main
 from wtl_tf import inner_loop, main, modulation, optimizers
 from wtl_tf.data import records
 from wtl_tf.experiments import online, online_pretrain
-from wtl_tf.learners.cmaml import ContinualMAML
-from wtl_tf.learners.online_baselines import OnlineAdam
+from wtl_tf.learners.online.cmaml import ContinualMAML
+from wtl_tf.learners.online.baselines import OnlineAdam
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEAM_ARGS = ['--direct_running_mode=in_memory', '--direct_num_workers=1']

@@ -15,9 +15,9 @@ import tensorflow as tf
 
 from tests import tiny
 from wtl_tf import inner_loop, modulation
-from wtl_tf.learners import cmaml
-from wtl_tf.learners.cmaml import ContinualMAML
-from wtl_tf.learners.online_baselines import OnlineAdam
+from wtl_tf.learners.online import cmaml
+from wtl_tf.learners.online.cmaml import ContinualMAML
+from wtl_tf.learners.online.baselines import OnlineAdam
 from wtl_tf.models.conv4 import conv4
 
 

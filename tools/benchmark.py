@@ -52,7 +52,7 @@ def _median_rate(fn, iters, repeats=3):
 
 def bench_lamaml(iters, jit_compile):
   """Glance steps per second: (compiled step only, full observe path)."""
-  from wtl_tf.learners.lamaml import LaMAML  # pylint: disable=g-import-not-at-top
+  from wtl_tf.learners.continual.lamaml import LaMAML  # pylint: disable=g-import-not-at-top
   from wtl_tf.models.mlp import mlp  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   learner = LaMAML(mlp(), glances=1, memories=200, replay_size=10, jit_compile=jit_compile)
@@ -118,7 +118,7 @@ def bench_fewshot_one(name, jit_compile, intra_op_threads=None):
   from wtl_tf import distribute  # pylint: disable=g-import-not-at-top
   distribute.set_threads(intra_op_threads, None)
   from wtl_tf import inner_loop, modulation, optimizers  # pylint: disable=g-import-not-at-top
-  from wtl_tf.experiments.fewshot_data import SyntheticData  # pylint: disable=g-import-not-at-top
+  from wtl_tf.data.fewshot import SyntheticData  # pylint: disable=g-import-not-at-top
   from wtl_tf.learners.fewshot import FewShotLearner  # pylint: disable=g-import-not-at-top
   from wtl_tf.models.conv4 import conv4  # pylint: disable=g-import-not-at-top
   cfg = FEWSHOT_CONFIGS[name]

@@ -83,7 +83,7 @@ def list_rows():
 
 def synthetic_params(row: str):
   """Gin bindings that replace the row's datasets by synthetic ones of the same image shape."""
-  from wtl_tf.experiments.fewshot_data import KNOWN_SHAPES  # pylint: disable=g-import-not-at-top
+  from wtl_tf.data.fewshot import KNOWN_SHAPES  # pylint: disable=g-import-not-at-top
   name = os.path.basename(row)
   dataset = next((d for d in KNOWN_SHAPES if f'_{d}_' in name), None)
   if dataset is None:

@@ -9,7 +9,7 @@ resumed. Each input pipeline (one per worker) produces the per-replica batches o
 Evaluation uses the same layout over a fixed list of episodes, padded to whole batches by repeating episodes from
 the start; `eval_batches` returns how many results are real.
 
-Sources are duck-typed (wtl_tf/experiments/fewshot_data.py has the real and synthetic ones):
+Sources are duck-typed (wtl_tf/data/fewshot.py has the real and synthetic ones):
   train: `batch_at(seed, first, size)` -> tf.data.Dataset with one element (Episode [size, ...], positions [size]);
   eval:  `dataset(positions, batch_size)` over a numpy array of positions -> (Episode [b, ...], positions [b]).
 """

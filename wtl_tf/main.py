@@ -31,14 +31,14 @@ def _register_configurables():
   import wtl_tf.distribute
   import wtl_tf.experiments.continual
   import wtl_tf.experiments.fewshot
-  import wtl_tf.experiments.fewshot_data
+  import wtl_tf.data.fewshot
   import wtl_tf.experiments.online
   import wtl_tf.experiments.online_pretrain
-  import wtl_tf.learners.cmaml
-  import wtl_tf.learners.continual_baselines
+  import wtl_tf.learners.online.cmaml
+  import wtl_tf.learners.continual.baselines
   import wtl_tf.learners.fewshot
-  import wtl_tf.learners.lamaml
-  import wtl_tf.learners.online_baselines
+  import wtl_tf.learners.continual.lamaml
+  import wtl_tf.learners.online.baselines
   import wtl_tf.models.conv4
   import wtl_tf.models.mlp
   import wtl_tf.models.resnet12

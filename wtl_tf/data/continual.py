@@ -104,7 +104,7 @@ def build_tasks(kind: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.
   return tasks
 
 
-@gin.configurable
+@gin.register
 @dataclasses.dataclass
 class Benchmark:
   """A continual benchmark on prepared records (converted from raw files on first use, see prepare.py).

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from wtl_tf.data import osaka
 from wtl_tf.data import records
-from wtl_tf.learners import online_base
+from wtl_tf.learners.online import base as online_base
 
 VERSION = 1  # Bump when the pre-training procedure changes, so old caches are not reused.
 

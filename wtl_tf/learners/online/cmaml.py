@@ -30,8 +30,8 @@ import gin
 import tensorflow as tf
 
 from wtl_tf import inner_loop as inner_lib
-from wtl_tf.learners import online_base
-from wtl_tf.learners.online_base import OnlineLearner
+from wtl_tf.learners.online import base as online_base
+from wtl_tf.learners.online.base import OnlineLearner
 
 PHASES = ('evaluation', 'adaptation', 'detection', 'meta_update', 'buffer')
 

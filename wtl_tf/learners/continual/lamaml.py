@@ -25,11 +25,11 @@ import numpy as np
 import tensorflow as tf
 
 from wtl_tf import modulation as modulation_lib
-from wtl_tf.learners.continual_base import (ContinualLearner, Reservoir, global_norm_clip, padded_batch, to_float,
+from wtl_tf.learners.continual.base import (ContinualLearner, Reservoir, global_norm_clip, padded_batch, to_float,
                                             weighted_cross_entropy)
 
 
-@gin.configurable
+@gin.register
 class LaMAML(ContinualLearner):
   """La-MAML family learner.
 

@@ -14,7 +14,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from wtl_tf.learners.continual_base import (ContinualLearner, Reservoir, padded_batch, to_float,
+from wtl_tf.learners.continual.base import (ContinualLearner, Reservoir, padded_batch, to_float,
                                             weighted_cross_entropy)
 
 
@@ -47,7 +47,7 @@ class _SGDLearner(ContinualLearner):
     return loss
 
 
-@gin.configurable
+@gin.register
 class ExperienceReplay(_SGDLearner):
   """SGD on (incoming batch ++ replay) for `glances` passes; memory written on the first pass."""
 
@@ -81,7 +81,7 @@ class ExperienceReplay(_SGDLearner):
     self.memory.restore({k: state[f'memory/{k}'] for k in ('x', 'y', 'age')})
 
 
-@gin.configurable
+@gin.register
 class OnlineSGD(ExperienceReplay):
   """The "Baseline" row: plain SGD on each incoming batch, one pass, no memory."""
 
@@ -93,7 +93,7 @@ class OnlineSGD(ExperienceReplay):
                      jit_compile=jit_compile)
 
 
-@gin.configurable
+@gin.register
 class MER(_SGDLearner):
   """Meta-Experience Replay, one incoming sample at a time.
 
@@ -164,7 +164,7 @@ def project_gradient(g: np.ndarray, memory_grads: np.ndarray, margin: float = 0.
   return memory_grads.T @ v + g
 
 
-@gin.configurable
+@gin.register
 class GEM(_SGDLearner):
   """GEM with `memories_per_task` slots per task, filled with the task's most recent samples (a ring buffer)."""
 

@@ -1,0 +1,1 @@
+"""Continual learners: La-MAML and its modulated relatives, and the Table-5 baselines."""

@@ -1,0 +1,1 @@
+"""Online (OSAKA) learners: continual-MAML and its sparse variants, and the stream baselines."""
