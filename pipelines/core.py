@@ -13,13 +13,18 @@ Each record is a tf.train.Example with `image` (PNG bytes), `label` (int64 class
 Records inside a file are sorted by source_id and PNG encoding is deterministic, so re-running a pipeline on the
 same input gives byte-identical files.
 """
+import contextlib
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import tarfile
+import zipfile
+import zlib
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -71,8 +76,29 @@ class Plan:
   splits: Tuple[str, ...] = ('train', 'val', 'test')
 
 
-class ImageShapeError(ValueError):
+class InputError(ValueError):
+  """Raw input that cannot be used (corrupt or truncated archive, duplicate ids); the message names the file."""
+
+
+class ImageShapeError(InputError):
   """An image that does not have the shape its dataset requires."""
+
+
+class OutputError(ValueError):
+  """The output directory cannot be written (not a directory, no permission, disk full)."""
+
+
+# What zip/tar/gzip/zlib raise for a damaged or cut-off file; none of them names the file.
+CORRUPT_ARCHIVE_ERRORS = (EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile)
+
+
+@contextlib.contextmanager
+def reading(path):
+  """Turns the errors of a corrupt or truncated raw file, raised in the block, into an InputError naming it."""
+  try:
+    yield
+  except CORRUPT_ARCHIVE_ERRORS as e:
+    raise InputError(f'{path} is corrupt or truncated ({type(e).__name__}: {e}); download it again') from None
 
 
 def sha256_of(path, chunk=1 << 20):
@@ -170,14 +196,14 @@ class MemberReader:
     return self
 
   def read(self, input_dir, container, location) -> bytes:
-    import zipfile  # pylint: disable=g-import-not-at-top
     if container is None:
       with FileSystems.open(os.path.join(input_dir, location), compression_type='uncompressed') as f:
         return f.read()
-    if container not in self._archives:
-      handle = FileSystems.open(container, compression_type='uncompressed')
-      self._archives[container] = (handle, zipfile.ZipFile(handle))
-    return self._archives[container][1].read(location)
+    with reading(container):
+      if container not in self._archives:
+        handle = FileSystems.open(container, compression_type='uncompressed')
+        self._archives[container] = (handle, zipfile.ZipFile(handle))
+      return self._archives[container][1].read(location)
 
   def __exit__(self, *exc):
     for handle, archive in self._archives.values():
@@ -197,7 +223,7 @@ def sort_and_shard(keyed, max_per_shard=MAX_RECORDS_PER_SHARD):
   ids = [item[0] for item in items]
   if len(set(ids)) != len(ids):
     dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
-    raise ValueError(f'duplicate source ids in split {split!r}, class {class_id}: {dup}')
+    raise InputError(f'duplicate source ids in split {split!r}, class {class_id}: {dup}')
   num_shards = max(1, -(-len(items) // max_per_shard))
   for shard in range(num_shards):
     chunk = items[shard * max_per_shard:(shard + 1) * max_per_shard]

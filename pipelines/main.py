@@ -9,15 +9,23 @@ runners unchanged, e.g.
   --runner=SparkRunner --spark_master_url=spark://HOST:7077
 (input and output may then be gs:// or s3:// paths: all IO goes through Beam's FileSystems).
 By default it runs on the DirectRunner in multi-process mode with one worker per core.
+
+The console shows only this module's lines (see wtl_tf/console.py; --verbosity=0 or WTL_DEBUG=1 shows everything).
+Every failure the user can fix (missing or corrupt raw files, an unusable output directory, bad --option values) is
+one line `error: ...` and exit status 2; anything else is a bug and keeps its traceback.
 """
+import contextlib
+import errno
 import importlib
 import os
+import re
+import shutil
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top
+from wtl_tf import console
 
 # dataset name -> (module in pipelines.datasets, keyword arguments of its plan()).
 DATASETS = {
@@ -65,10 +73,51 @@ def direct_runner_args(runner, beam_args):
   return args
 
 
-def quiet_beam_logs():
-  import logging  # pylint: disable=g-import-not-at-top
-  for name in ('apache_beam', 'absl', 'root'):
-    logging.getLogger(name).setLevel(logging.WARNING)
+# OSErrors of the output side a user can fix; they may come back from a Beam worker as text only.
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR)
+USER_ERRORS = ('InputError', 'ImageShapeError', 'OutputError', 'FileNotFoundError')
+
+
+def prepare_output_dir(output_dir):
+  """Creates a local output directory and checks that it takes files, before any work; returns whether it was new.
+
+  (Object-store paths are checked by the run itself.)
+  """
+  from pipelines import core  # pylint: disable=g-import-not-at-top
+  if '://' in output_dir:
+    return False
+  created = not os.path.lexists(output_dir)
+  try:
+    os.makedirs(os.path.join(output_dir, core.RECORDS_DIR), exist_ok=True)
+    probe = os.path.join(output_dir, f'.write-probe-{os.getpid()}')
+    with open(probe, 'wb') as f:
+      f.write(b'x')
+    os.remove(probe)
+  except OSError as e:
+    raise core.OutputError(f'cannot write to the output directory {output_dir}: {e.strerror or e}') from None
+  return created
+
+
+def user_error(exc, output_dir):
+  """A one-line InputError or OutputError for a failure the user can fix, or None for a bug.
+
+  A Beam worker's exception reaches this process as a RuntimeError holding its traceback text, whose last line is
+  `module.Type: message [while running 'Step']`; the in-memory runner keeps the type but appends the step.
+  """
+  name, text = type(exc).__name__, str(exc).strip()
+  while name == 'RuntimeError' and text:  # Nested when Beam wraps again: "RuntimeError: OSError: [Errno 28] ...".
+    match = re.fullmatch(r'(?:[\w.]+\.)?(\w+): (.*)', text.splitlines()[-1].strip())
+    if not match:
+      break
+    name, text = match.groups()
+  text = re.sub(r" \[while running '[^']*'\]$", '', text)
+  from pipelines import core  # pylint: disable=g-import-not-at-top
+  if name in USER_ERRORS:
+    return core.InputError(text)
+  match = re.match(r'\[Errno (\d+)\] (.*)', text)
+  if match and int(match.group(1)) in OUTPUT_ERRNOS:
+    return core.OutputError(f'cannot write to the output directory {output_dir}: {match.group(2)}')
+  return None
 
 
 def run(dataset, input_dir, output_dir, runner='DirectRunner', beam_args=(), options=None, quiet=False):
@@ -82,12 +131,23 @@ def run(dataset, input_dir, output_dir, runner='DirectRunner', beam_args=(), opt
   module = importlib.import_module(f'pipelines.datasets.{module_name}')
   plan = module.plan(input_dir, **plan_kwargs, **(options or {}))
   beam_args = list(beam_args)
-  quiet_beam_logs()
   pipeline_options = PipelineOptions([f'--runner={runner}'] + direct_runner_args(runner, beam_args) + beam_args)
+  created = prepare_output_dir(output_dir)
   start = time.time()
-  with beam.Pipeline(options=pipeline_options) as pipeline:
-    core.build_pipeline(pipeline, plan, module.read(plan), output_dir)
-  core.remove_temp_dirs(output_dir)
+  # Beam's worker processes inherit stderr: with a quiet console their logs go to a discarded file.
+  try:
+    with console.muted_stderr() if console.is_quiet() else contextlib.nullcontext():
+      with beam.Pipeline(options=pipeline_options) as pipeline:
+        core.build_pipeline(pipeline, plan, module.read(plan), output_dir)
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless the user can fix it)
+    if created:  # Nothing half-written is left behind; an existing directory keeps what it held.
+      shutil.rmtree(output_dir, ignore_errors=True)
+    error = user_error(e, output_dir)
+    if error is None:
+      raise
+    raise error from e
+  finally:
+    core.remove_temp_dirs(output_dir)
   spec = core.read_spec(output_dir)
   seconds = time.time() - start
   total = sum(s['num_images'] for s in spec['splits'].values())
@@ -109,11 +169,14 @@ def main(argv):
     sys.exit(2)
   try:
     run(FLAGS.dataset, FLAGS.input_dir, FLAGS.output_dir, FLAGS.runner, beam_args, parse_options(FLAGS.option))
-  except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
+  except (FileNotFoundError, ValueError) as e:  # core.InputError and OutputError are ValueErrors.
+    if os.environ.get('WTL_DEBUG'):
+      raise
+    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == '__main__':
+  console.quiet()  # Before Beam and TensorFlow are imported (in run() and in the workers).
   flags.FLAGS.set_default('runner', 'DirectRunner')
   app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))

@@ -11,7 +11,7 @@ def data_root():
   """Directory with the real raw datasets (WTL_DATA_DIR); tests using it skip when it is absent."""
   root = os.environ.get('WTL_DATA_DIR')
   if not root or not os.path.isdir(root):
-    pytest.skip('real data not available: set WTL_DATA_DIR (CI points it at ../shared/data)')
+    pytest.skip('real data not available: set WTL_DATA_DIR to a directory holding the raw data sets')
   return root
 
 

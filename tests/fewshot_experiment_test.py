@@ -17,6 +17,7 @@ from wtl_tf import optimizers
 from wtl_tf import summaries
 from wtl_tf.experiments import fewshot
 from wtl_tf.data.fewshot import SyntheticData
+from wtl_tf.errors import UserError
 from wtl_tf.learners.fewshot import FewShotLearner
 from wtl_tf.models.conv4 import conv4
 
@@ -76,8 +77,10 @@ def test_run_writes_the_run_directory_and_selects_by_validation(tmp_path):
   assert result['num_test_episodes'] == 10  # 10 episodes in batches of 4: the padding is dropped.
   assert set(result['cross_domain']) == {'shifted'} and 0 <= result['cross_domain']['shifted'] <= 1
   sparsity = result['sparsity']
-  assert 'conv1/kernel' in sparsity and 0.3 < sparsity['overall'] < 0.7  # ~50% initial sparsity (1.5).
-  # Selection (3.3): a validation improvement after test_start is tested and checkpointed; the last such one wins.
+  # ~50% initial sparsity (docs/ALGORITHMS.md 1.5).
+  assert 'conv1/kernel' in sparsity and 0.3 < sparsity['overall'] < 0.7
+  # Selection (docs/ALGORITHMS.md 3.3): a validation improvement after test_start is tested and checkpointed; the
+  # last such one wins.
   history = result['validation']
   assert [h['epoch'] for h in history] == [1, 2, 3]
   best, expected = None, None
@@ -140,7 +143,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   with open(tmp_path / 'checkpoints' / 'last.json', encoding='utf-8') as f:
     assert json.load(f)['step'] == 4  # The end of epoch 1; nothing after the NaN was saved.
   assert not os.path.exists(tmp_path / 'results.json')
-  assert isinstance(fewshot.TrainingDiverged('x'), ValueError)  # main.py prints it as one line, exit code 2.
+  assert isinstance(fewshot.TrainingDiverged('x'), UserError)  # main.py prints it as one line, exit code 2.
 
 
 def test_cli_runs_a_gin_file_end_to_end(tmp_path):

@@ -37,7 +37,7 @@ def test_every_table_row_has_a_file():
 @pytest.mark.parametrize('path', ROWS, ids=[os.path.relpath(p, os.path.join(ROOT, 'gin')) for p in ROWS])
 def test_row_builds(path, tmp_path):
   match = NAME.match(os.path.basename(path))
-  assert match, f'{path} is not named <learner>_<backbone>_<dataset>_<ways>w<shots>s[...].gin (STYLE.md)'
+  assert match, f'{path} is not named <learner>_<backbone>_<dataset>_<ways>w<shots>s[...].gin (docs/ARCHITECTURE.md, Conventions)'
   gin.clear_config()
   try:
     main.parse_config([path], OVERRIDES)

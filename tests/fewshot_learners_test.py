@@ -1,4 +1,5 @@
-"""Few-shot learners: STYLE.md's base checks for all nine, plus exact-math checks of the meta-update and options."""
+"""Few-shot learners: the base checks of docs/ARCHITECTURE.md (Conventions) for all nine, plus exact-math checks of
+the meta-update and options."""
 import functools
 
 import keras
@@ -85,8 +86,7 @@ def test_learner_base_checks(name, split):
 def _hand_meta_gradients(learner, tasks):
   """Per task: phi_K by hand-written first-order SGD, the query gradient at phi_K and the summed support gradients."""
   theta = [tf.convert_to_tensor(v) for v in learner.theta]
-  sizes = learner.inner_loop.select(learner.modulation.step_sizes(
-      [tf.convert_to_tensor(m) for m in learner.masks], learner.infos), learner.infos)
+  sizes = learner.step_sizes([tf.convert_to_tensor(m) for m in learner.mask_logits])
   out = []
   for i in range(len(tasks.support_images)):
     fast, grad_sum = list(theta), [tf.zeros_like(p) for p in theta]
@@ -112,13 +112,13 @@ def test_fomaml_and_sparse_maml_meta_updates_match_the_hand_derivation(split):
   """theta <- theta - sum_tau g_out,tau;  m <- m + alpha * 0.5 * sum_tau g_out,tau (.) sum_k g_k,tau  (eq. 5, [R])."""
   learner = make('sparse_maml', theta_optimizer=_sgd(), mask_optimizer=_sgd())
   tasks, positions = split.episodes(seed=1, start=0, count=2)
-  masks_before = [m.numpy() for m in learner.masks]
+  masks_before = [m.numpy() for m in learner.mask_logits]
   theta, per_task = _hand_meta_gradients(learner, tasks)
   learner.train_step(tasks, positions)
   for j, (before, after) in enumerate(zip(theta, learner.theta)):
     expected = before.numpy() - sum(g_out[j].numpy() for g_out, _ in per_task)
     np.testing.assert_allclose(after.numpy(), expected, rtol=1e-4, atol=1e-6)
-  for j, (before, after) in enumerate(zip(masks_before, learner.masks)):
+  for j, (before, after) in enumerate(zip(masks_before, learner.mask_logits)):
     expected = before + STEP * 0.5 * sum(g_out[j].numpy() * g_sum[j].numpy() for g_out, g_sum in per_task)
     np.testing.assert_allclose(after.numpy(), expected, rtol=1e-4, atol=1e-7)
 
@@ -136,12 +136,12 @@ def test_mean_outer_loss_is_sum_over_batch_size_and_clamp_bounds_theta_steps(spl
   clamp = 1e-3
   learner = make('sparse_maml', theta_optimizer=_sgd(), mask_optimizer=_sgd(), clamp_outer_gradients=clamp)
   before = [v.numpy() for v in learner.theta]
-  masks_before = [m.numpy() for m in learner.masks]
+  masks_before = [m.numpy() for m in learner.mask_logits]
   learner.train_step(tasks, positions)
   for s, v, b in zip(deltas['sum'], learner.theta, before):
     np.testing.assert_allclose(v.numpy() - b, np.clip(s, -clamp, clamp), rtol=1e-4, atol=1e-7)
   # Mask gradients are not clamped.
-  assert max(np.abs(m.numpy() - b).max() for m, b in zip(learner.masks, masks_before)) > clamp
+  assert max(np.abs(m.numpy() - b).max() for m, b in zip(learner.mask_logits, masks_before)) > clamp
 
 
 def test_bn_out_of_inner_loop_anil_and_boil_adapt_the_right_tensors(split):

@@ -87,7 +87,9 @@ def _outer(model, infos, mod, loop, masks, episode, noise_seed=None):
   sx, sy, qx, qy = episode
   with tf.GradientTape() as tape:
     tape.watch(theta)
-    sizes = loop.select(mod.step_sizes(masks, infos, noise_seed), infos)
+    sizes = mod.step_sizes(masks, infos, noise_seed)
+    if not loop.adapt_bn:  # What the learner core does with adapt_bn=False (wtl_tf/learners/core.py).
+      sizes = [None if info.is_bn else s for info, s in zip(infos, sizes)]
     fast = loop.adapt(model, theta, non_trainable, sizes, sx, sy)
     loss = inner_loop.cross_entropy(qy, inner_loop.forward(model, fast, non_trainable, qx))
   g_theta, g_masks = tape.gradient(loss, (theta, list(masks)))

@@ -63,8 +63,8 @@ def _setup(mod, seed=0):
   learner = LaMAML(mlp(input_size=D, hidden_sizes=(H,), num_classes=C, seed=seed), modulation=mod, glances=1,
                    memories=10, replay_size=R, batch_size=B, lr_m=0.7, clip=0.5, jit_compile=False)
   # Mixed-sign logits so that dead / masked coordinates and the ReLU kink are exercised.
-  m = [rng.normal(0.05, 0.1, size=v.shape).astype(np.float32) for v in learner.mask_vars]
-  for v, mi in zip(learner.mask_vars, m):
+  m = [rng.normal(0.05, 0.1, size=v.shape).astype(np.float32) for v in learner.mask_logits]
+  for v, mi in zip(learner.mask_logits, m):
     v.assign(mi)
   x = rng.uniform(0, 1, (B, D)).astype(np.float32)
   y = rng.integers(0, C, B)
@@ -97,25 +97,25 @@ def test_glance_matches_numpy(kind, short_batch):
   want_loss, want_theta, want_m = np_glance(theta, [f64(a) for a in m], f64(x), y, f64(xw), f64(bx), by, f64(bw),
                                             s_fn, ds_fn, 0.7, 0.5)
   np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
-  for got, want in zip(learner.mask_vars, want_m):
+  for got, want in zip(learner.mask_logits, want_m):
     np.testing.assert_allclose(got.numpy(), want, atol=2e-6)
   for got, want in zip(learner.theta, want_theta):
     np.testing.assert_allclose(got.numpy(), want, atol=2e-6)
   # The update actually moved both (the test would pass vacuously otherwise).
   assert max(np.abs(g.numpy() - t).max() for g, t in zip(learner.theta, theta)) > 1e-3
-  assert max(np.abs(g.numpy() - mi).max() for g, mi in zip(learner.mask_vars, m)) > 1e-4
+  assert max(np.abs(g.numpy() - mi).max() for g, mi in zip(learner.mask_logits, m)) > 1e-4
 
 
 def test_dead_learning_rates_stay_dead_but_masks_can_revive():
   """relu(alpha) <= 0 never recovers (zero gradient); the straight-through binary mask can unfreeze."""
   for mod, revives in ((modulation.Relu(step_size=0.15), False), (modulation.ScaledBinaryMask(step_size=0.3), True)):
     learner, _, x, y, bx, by = _setup(mod, seed=1)
-    for v in learner.mask_vars:
+    for v in learner.mask_logits:
       v.assign(tf.fill(v.shape, -1e-4))
     before = [v.numpy() for v in learner.theta]
     for _ in range(3):
       learner._glance(x, y, np.ones(B, np.float32), bx, by, np.ones(B + R, np.float32))  # pylint: disable=protected-access
-    moved = any(np.any(v.numpy() != -1e-4) for v in learner.mask_vars)
+    moved = any(np.any(v.numpy() != -1e-4) for v in learner.mask_logits)
     assert moved == revives
     if not revives:  # All rates dead: theta is frozen too.
       for v, b in zip(learner.theta, before):

@@ -14,7 +14,7 @@ from wtl_tf.models import resnet12 as resnet12_lib
 
 
 def conv4_count(channels, classes, hidden=64, feature=None):
-  """ALGORITHMS.md 2.1, counted by hand: 4 x (conv kernel + bias + BN gamma/beta) + head."""
+  """docs/ALGORITHMS.md 2.1, counted by hand: 4 x (conv kernel + bias + BN gamma/beta) + head."""
   count, cin = 0, channels
   for _ in range(4):
     count += 9 * cin * hidden + hidden + 2 * hidden

@@ -1,4 +1,4 @@
-"""Exact-math tests of the modulations: mask gradients against hand-derived numpy (ALGORITHMS.md 1.4)."""
+"""Exact-math tests of the modulations: mask gradients against hand-derived numpy (docs/ALGORITHMS.md 1.4)."""
 import math
 
 import keras

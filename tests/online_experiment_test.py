@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import gin
 import numpy as np
@@ -167,6 +168,20 @@ def test_pretraining_is_cached_per_setting_and_resumes(specs, tmp_path, monkeypa
   assert again['reused']
 
 
+def test_pretraining_cache_key_covers_every_modulation_attribute():
+  """ScaledBinaryMask's `convention` (a subclass field that repr() leaves out) is part of the cache key."""
+  omniglot = types.SimpleNamespace(classes=[None] * 30, raw={'options': {'split': 'osaka'}})
+
+  def key(convention):
+    mask = modulation.ScaledBinaryMask(step_size=0.1, convention=convention)
+    learner = c_maml_factory(modulation=mask, mask_optimizer=functools.partial(optimizers.adam, 1e-2))(
+        model_fn=MODEL)
+    return online_pretrain.cache_dir('cache', learner, PRETRAINING, omniglot)
+
+  assert key('paper') == key('paper')  # Separately built learners of one configuration share the cache ...
+  assert key('paper') != key('reference')  # ... another convention pre-trains its own model.
+
+
 @pytest.mark.parametrize('name', ['sparse_c_maml', 'maml', 'online_adam'])
 def test_variants_and_baselines_run(specs, tmp_path, name):
   factories = {
@@ -215,7 +230,7 @@ ROWS = sorted(glob.glob(os.path.join(ROOT, 'gin', 'online', 'p0*_*.gin')))
 
 
 def test_table6_rows_bind_the_reference_settings():
-  expected = {  # (K, first order, outer lr, gamma, lambda, meta-batch, patience), ALGORITHMS.md 5.4 / OSAKA.
+  expected = {  # (K, first order, outer lr, gamma, lambda, meta-batch, patience), docs/ALGORITHMS.md 5.4 / OSAKA.
       'p098_c_maml': (8, True, 1e-4, 2.5, 0.25, 4, 10), 'p090_c_maml': (16, True, 5e-4, 2.0, 0.25, 8, 10),
       'p098_maml': (16, False, 1e-3, None, 0.25, 8, 10), 'p090_anil': (16, False, 5e-3, None, 0.25, 4, 20),
       'p098_fine_tuning': (1, True, 1e-3, None, None, 2, 5)}
@@ -232,7 +247,7 @@ def test_table6_rows_bind_the_reference_settings():
     if row in expected:
       k, first_order, lr, gamma, lam, batch, patience = expected[row]
       assert (learner.inner_loop.num_steps, learner.inner_loop.first_order) == (k, first_order)
-      assert float(learner.optimizer.learning_rate) == pytest.approx(lr)
+      assert float(learner.theta_optimizer.learning_rate) == pytest.approx(lr)
       assert not learner.inner_loop.adapt_bn
       if isinstance(learner, ContinualMAML):
         assert learner.gamma == gamma and learner.meta_learning == (gamma is not None)
@@ -253,23 +268,3 @@ def test_real_data_c_maml_learns(data_root, tmp_path):
                              pretraining=settings, pretrain_cache=str(tmp_path / 'pretrained'),
                              show_progress=False)
   assert result['cumulative_accuracy'] > 0.75, result
-
-
-def test_reproduce_tool_runs_a_column_and_resumes(specs, tmp_path, capsys):
-  sys.path.insert(0, os.path.join(ROOT, 'tools'))
-  import reproduce_online  # pylint: disable=g-import-not-at-top
-  params = [f"run_online.{k}_records='{v}'" for k, v in specs.items()] + [
-      'run_online.model_fn=@osaka_convnet', 'osaka_convnet.hidden_size=8', 'c_maml/InnerLoop.num_steps=1',
-      'Pretraining.train_classes=(0, 20)', 'Pretraining.val_classes=(20, 30)']
-  args = ['--p=0.98', '--learners=c_maml', f'--workdir={tmp_path}', '--gin_file=gin/online/smoke.gin',
-          '--gin_param=run_online.num_steps=20'] + [f'--gin_param={p}' for p in params]
-  reproduce_online.main(args + ['--seeds=0'])
-  first = tmp_path / 'p098' / 'c_maml' / 'seed_0' / 'results.json'
-  stamp = os.path.getmtime(first)
-  summary = reproduce_online.main(args + ['--seeds=0,1'])
-  assert os.path.getmtime(first) == stamp  # Seed 0 was read back, not rerun.
-  assert len(summary['c_maml']['cumulative_runs']) == 2 and 0 <= summary['c_maml']['cumulative'][0] <= 100
-  seed1 = json.load(open(tmp_path / 'p098' / 'c_maml' / 'seed_1' / 'results.json', encoding='utf-8'))
-  assert seed1['pretraining']['reused']  # Seed 1 took seed 0's pre-trained model.
-  out = capsys.readouterr().out
-  assert '| c_maml |' in out and '92.8 ± 0.6' in out and (tmp_path / 'p098' / 'cumulative.png').exists()

@@ -1,4 +1,4 @@
-"""C-MAML on the stream (ALGORITHMS.md 5.3, 5.5): every piece against hand-derived numpy in float64, and tracing.
+"""C-MAML on the stream (docs/ALGORITHMS.md 5.3, 5.5): every piece against hand-derived numpy in float64, and tracing.
 
 The reference is a direct numpy transcription of OSAKA's `observe_accumulate` on a softmax-regression model
 (tests/tiny.py): accuracy before adapting, prolonged adaptation, the loss-jump boundary rule, the buffer, the
@@ -64,7 +64,7 @@ def np_sizes(kind, masks, alpha0=0.4):
 
 
 def np_mask_grad(kind, g_out, grad_sum, alpha0=0.4):
-  """dL/dm for phi_K = theta - S(m) * sum_k g_k with straight-through S' (ALGORITHMS.md 1.4)."""
+  """dL/dm for phi_K = theta - S(m) * sum_k g_k with straight-through S' (docs/ALGORITHMS.md 1.4)."""
   if kind == 'c_maml':
     return [-np.sum(go * gs) for go, gs in zip(g_out, grad_sum)]   # One scalar per tensor.
   scale = alpha0 if kind == 'sparse_c_maml' else 1.0
@@ -76,7 +76,7 @@ def np_accuracy(theta, x, y):
 
 
 class NumpyCMAML:
-  """ALGORITHMS.md 5.3 line by line, outer optimizer SGD(lr)."""
+  """docs/ALGORITHMS.md 5.3 line by line, outer optimizer SGD(lr)."""
 
   def __init__(self, kind, theta, masks, num_steps, gamma, update_lambda, buffer_limit, lr=1.0):
     self.kind, self.theta, self.masks = kind, [t.copy() for t in theta], [m.copy() for m in masks]
@@ -141,7 +141,7 @@ def make_tiny_learner(kind, masks, gamma, update_lambda, buffer_limit, num_steps
                           optimizer=lambda: keras.optimizers.SGD(learning_rate=1.0), gamma=gamma,
                           update_lambda=update_lambda, buffer_limit=buffer_limit, images_per_step=tiny.N,
                           image_shape=(tiny.D,), dtype='float64', name=kind)
-  for v, m in zip(learner.masks, masks):
+  for v, m in zip(learner.mask_logits, masks):
     v.assign(m)
   return learner
 
@@ -178,7 +178,7 @@ def test_stream_matches_numpy_transcription(kind):
   # Both triggers happened: a detected boundary with a non-empty buffer, and a full buffer (> buffer_limit).
   sizes = [n for n, _, _ in reference.updates]
   assert any(n <= buffer_limit for n in sizes) and any(n > buffer_limit for n in sizes), sizes
-  for ours, expected in zip(learner.theta + learner.masks, reference.theta + reference.masks):
+  for ours, expected in zip(learner.theta + learner.mask_logits, reference.theta + reference.masks):
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-9, atol=1e-12)
   for ours, expected in zip(learner.fast, reference.phi):
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-9, atol=1e-12)
@@ -212,7 +212,7 @@ def test_one_meta_update_gradient_by_hand():
   assert float(loss) == pytest.approx(expected_loss, rel=1e-12)
   new = np.concatenate([v.numpy().ravel() for v in learner.theta])
   np.testing.assert_allclose(new, np.concatenate([t.ravel() for t in theta]) - g_theta, rtol=1e-10, atol=1e-13)
-  new_m = np.concatenate([v.numpy().ravel() for v in learner.masks])
+  new_m = np.concatenate([v.numpy().ravel() for v in learner.mask_logits])
   m_grad = np.concatenate([m.ravel() for m in masks]) - new_m
   np.testing.assert_allclose(m_grad, g_m, rtol=1e-10, atol=1e-13)
   assert np.all(m_grad[:tiny.D * tiny.C][masks[0].ravel() < 0] != 0)  # ... but its m still learns (STE).
@@ -268,7 +268,7 @@ def test_step_zero_scores_zero_and_never_retrain_keeps_theta():
   for a, b in zip(before, learner.theta):
     np.testing.assert_array_equal(a, b.numpy())
   # phi is Adapt(theta, last step), never a prolonged adaptation.
-  expected = learner.adapt(learner._read(learner.theta), tf.constant(steps[-1][0]),  # pylint: disable=protected-access
+  expected = learner.adapt(learner.read(learner.theta), tf.constant(steps[-1][0]),  # pylint: disable=protected-access
                            tf.constant(steps[-1][1], tf.int32))
   for a, b in zip(expected, learner.fast):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
@@ -277,9 +277,9 @@ def test_step_zero_scores_zero_and_never_retrain_keeps_theta():
 def test_bn_is_outer_loop_only_and_step_sizes_are_per_tensor():
   learner = ContinualMAML(small_convnet, modulation=modulation.PerTensorStepSize(step_size=0.1),
                           inner_loop=inner_loop.InnerLoop(num_steps=1, adapt_bn=False))
-  assert len(learner.masks) == 10 and all(m.shape == () for m in learner.masks)  # 4 conv + head, kernel and bias.
+  assert len(learner.mask_logits) == 10 and all(m.shape == () for m in learner.mask_logits)  # 4 conv + head, kernel and bias.
   assert not any(name.startswith('bn') for name in learner.mask_names)
-  sizes = learner.step_sizes(learner.masks)
+  sizes = learner.step_sizes(learner.mask_logits)
   assert [s is None for s in sizes] == [info.is_bn for info in learner.infos]
   assert learner.step_size_values()['conv1/kernel'] == pytest.approx(0.1)
 
@@ -300,7 +300,7 @@ def test_tasks_in_flight_do_not_change_the_meta_update(buffered):
     for i, (x, y) in enumerate(tiny_stream(seed=8)[:buffered]):
       learner._push(tf.constant(x), tf.constant(y, tf.int32), tf.constant(i))  # pylint: disable=protected-access
     loss, _ = learner._meta_update(tf.constant(buffered))  # pylint: disable=protected-access
-    results.append([float(loss)] + [v.numpy() for v in learner.theta + learner.masks])
+    results.append([float(loss)] + [v.numpy() for v in learner.theta + learner.mask_logits])
   for a, b in zip(*results):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 

@@ -1,4 +1,4 @@
-"""OSAKA stream (ALGORITHMS.md 5.1): switch and mode statistics, task contents, value ranges, determinism."""
+"""OSAKA stream (docs/ALGORITHMS.md 5.1): switch and mode statistics, task contents, value ranges, determinism."""
 import dataclasses
 import os
 

@@ -1,6 +1,6 @@
-"""Benchmarks against the PyTorch peer (../shared/bench/torch_peer.py), run one after the other on this machine.
+"""Benchmarks against a PyTorch peer implementation, run one after the other on this machine.
 
-  python tools/benchmark.py lamaml [--peer_python=$HOME/torch-peer-venv/bin/python] [--iters=500]
+  python tools/benchmark.py lamaml [--peer_python=$HOME/torch-peer-venv/bin/python --peer_script=PATH] [--iters=500]
   python tools/benchmark.py fewshot [--configs=a,b,c,a-test] [--jit=off|on|off,on] [--peer_python=...]
   python tools/benchmark.py online [--rows=p098_c_maml,p098_sparse_c_maml,...] [--steps=300] [--warmup=30]
 
@@ -31,13 +31,16 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wtl_tf import console  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+console.quiet()
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-PEER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'bench',
-                    'torch_peer.py')
+# The peer is a single-file PyTorch implementation of the same steps (sparse-MAML and La-MAML), taking
+# --config/--warmup/--iters and printing JSON; it is not part of wtl_tf. Name it with --peer_script or WTL_PEER_SCRIPT.
+PEER_SCRIPT_ENV = 'WTL_PEER_SCRIPT'
 
 
 def _median_rate(fn, iters, repeats=3):
@@ -222,8 +225,11 @@ def run_fewshot_benchmarks(configs, jits, peer_python, timeout, intra_op_threads
   return rows
 
 
+_peer_script = None
+
+
 def run_peer(python, args):
-  out = subprocess.run([python, PEER] + args, capture_output=True, text=True, check=True, timeout=1800)
+  out = subprocess.run([python, _peer_script] + args, capture_output=True, text=True, check=True, timeout=1800)
   return out.stdout
 
 
@@ -232,6 +238,8 @@ def main():
   parser.add_argument('what', choices=['lamaml', 'fewshot', 'fewshot-one', 'peak', 'online', 'online-one'])
   parser.add_argument('--iters', type=int, default=300)
   parser.add_argument('--peer_python', default=None, help='Python with torch installed, to run the peer too.')
+  parser.add_argument('--peer_script', default=os.environ.get(PEER_SCRIPT_ENV),
+                      help=f'The peer benchmark script (default: ${PEER_SCRIPT_ENV}).')
   parser.add_argument('--configs', default='a,b,c,a-test', help='fewshot: comma-separated peer configurations.')
   parser.add_argument('--config', default='a', choices=sorted(FEWSHOT_CONFIGS), help='fewshot-one: one of them.')
   parser.add_argument('--jit', default='off', help='fewshot: off, on or off,on (XLA for each replica step).')
@@ -246,6 +254,12 @@ def main():
   parser.add_argument('--gin_param', action='append', default=[],
                       help='online: a gin binding applied to every row (repeatable).')
   args = parser.parse_args()
+  if args.peer_python:
+    if not args.peer_script or not os.path.isfile(args.peer_script):
+      parser.error(f'--peer_python needs the peer script: --peer_script=PATH or ${PEER_SCRIPT_ENV} '
+                   f'(got {args.peer_script!r})')
+    global _peer_script  # pylint: disable=global-statement
+    _peer_script = os.path.abspath(args.peer_script)
   if args.what in ('online', 'online-one'):
     import benchmark_online  # pylint: disable=g-import-not-at-top  (tools/, next to this file)
     if args.what == 'online-one':

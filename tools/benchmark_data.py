@@ -6,8 +6,8 @@
    photos rather than like white noise) and converts it with the `folder` pipeline on the default multi-process
    DirectRunner (one worker per core). The rate includes the runner's start-up, as a user sees it.
 2. Samples miniImageNet-shaped episodes (5-way 5-shot 15-query, 84x84x3) from those records, in memory mode and in
-   streaming mode, and reports episodes/s after a short warm-up. A Conv4 first-order meta-training step runs at
-   roughly 0.1-0.5 tasks/s on a small CPU, so sampling is not the bottleneck above ~10 episodes/s (20x margin).
+   streaming mode, and reports episodes/s after a short warm-up, to compare with the rate a meta-training step
+   consumes (docs/PERFORMANCE.md).
 3. With --real and WTL_DATA_DIR set, also converts and samples the real miniImageNet sample, if its pipeline exists.
 """
 import os
@@ -16,7 +16,10 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wtl_tf import console  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+console.quiet()  # Before anything imports TensorFlow or Beam.
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top

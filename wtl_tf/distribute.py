@@ -1,17 +1,11 @@
 """Scaling out with tf.distribute: choosing a strategy, and feeding each replica its share of every meta-batch.
 
-A global meta-batch of B tasks at step n is the tasks at episode positions nB .. nB+B-1, whatever the number of
-replicas R: replica r (global id, workers in order) gets positions nB + r*B/R .. nB + (r+1)*B/R - 1. Since an episode
-is a pure function of (seed, position), a run's tasks do not depend on R, on the number of workers or on where it
-resumed. Each input pipeline (one per worker) produces the per-replica batches of its local replicas in the order
-`distribute_datasets_from_function` hands them out: step by step, local replica by local replica.
-
-Evaluation uses the same layout over a fixed list of episodes, padded to whole batches by repeating episodes from
-the start; `eval_batches` returns how many results are real.
-
-Sources are duck-typed (wtl_tf/data/fewshot.py has the real and synthetic ones):
-  train: `batch_at(seed, first, size)` -> tf.data.Dataset with one element (Episode [size, ...], positions [size]);
-  eval:  `dataset(positions, batch_size)` over a numpy array of positions -> (Episode [b, ...], positions [b]).
+Step n's meta-batch is episode positions nB .. nB+B-1 for any replica count R; replica r (global id) gets
+nB + r*B/R .. nB + (r+1)*B/R - 1, so tasks do not depend on R or the resume point. Each worker's pipeline yields its
+local replicas' batches step by step, replica by replica (`distribute_datasets_from_function`'s order). Evaluation
+uses the same layout over a fixed episode list padded by repetition; `eval_batches` says how many results are real.
+Sources are duck-typed (wtl_tf/data/fewshot.py): train `batch_at(seed, first, size)` -> one-element dataset of
+(Episode [size, ...], positions [size]); eval `dataset(positions, batch_size)` -> (Episode [b, ...], positions [b]).
 """
 import math
 import os
@@ -20,6 +14,7 @@ from typing import Optional, Sequence
 import gin
 import numpy as np
 import tensorflow as tf
+from wtl_tf.errors import ConfigError
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
 
@@ -37,12 +32,11 @@ def make_strategy(kind: str = 'default', devices: Optional[Sequence[str]] = None
     logical_cpus: split the host CPU into this many logical devices first (tests of 'mirrored' on CPU). Must run
       before TensorFlow initialises its devices.
     tpu: for 'tpu', the TPU name or grpc address ('' or None: the local TPU VM).
-    intra_op_threads, inter_op_threads: CPU thread pools (None: TensorFlow's defaults, one per core). Many small
-      concurrent tasks (Omniglot) ran ~10% faster here with 1 intra-op thread; 84x84 tasks need the default.
-      Must be set before TensorFlow starts.
+    intra_op_threads, inter_op_threads: CPU thread pools (None: TensorFlow's defaults), set before TensorFlow
+      starts; many small tasks (Omniglot) may profit from 1 intra-op thread (docs/PERFORMANCE.md).
   """
   if kind not in STRATEGIES:
-    raise ValueError(f'make_strategy.kind must be one of {STRATEGIES}, got {kind!r}')
+    raise ConfigError(f'make_strategy.kind must be one of {STRATEGIES}, got {kind!r}')
   set_threads(intra_op_threads, inter_op_threads)
   if logical_cpus:
     split_cpu(logical_cpus)
@@ -54,7 +48,7 @@ def make_strategy(kind: str = 'default', devices: Optional[Sequence[str]] = None
     return tf.distribute.MirroredStrategy(devices=devices)
   if kind == 'multi_worker':
     if 'TF_CONFIG' not in os.environ:
-      raise ValueError("make_strategy(kind='multi_worker') needs TF_CONFIG describing the cluster and this task")
+      raise ConfigError("make_strategy(kind='multi_worker') needs TF_CONFIG describing the cluster and this task")
     return tf.distribute.MultiWorkerMirroredStrategy()
   resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or '')
   tf.config.experimental_connect_to_cluster(resolver)
@@ -74,7 +68,7 @@ def set_threads(intra_op: Optional[int], inter_op: Optional[int]):
     try:
       set_(value)
     except RuntimeError as e:
-      raise ValueError(f'cannot change TensorFlow thread pools after it started ({e}); create the strategy '
+      raise ConfigError(f'cannot change TensorFlow thread pools after it started ({e}); create the strategy '
                        f'first') from None
 
 
@@ -87,7 +81,7 @@ def split_cpu(count: int):
   try:
     tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
   except RuntimeError as e:
-    raise ValueError(f'cannot split the CPU into {count} logical devices after TensorFlow started ({e}); '
+    raise ConfigError(f'cannot split the CPU into {count} logical devices after TensorFlow started ({e}); '
                      f'create the strategy first') from None
 
 
@@ -110,9 +104,9 @@ def worker_id(strategy: tf.distribute.Strategy) -> int:
 def _layout(ctx: tf.distribute.InputContext, global_batch: int):
   replicas, pipelines = ctx.num_replicas_in_sync, ctx.num_input_pipelines
   if global_batch % replicas:
-    raise ValueError(f'batch size {global_batch} is not a multiple of the {replicas} replicas')
+    raise ConfigError(f'batch size {global_batch} is not a multiple of the {replicas} replicas')
   if replicas % pipelines:
-    raise ValueError(f'{replicas} replicas do not split evenly over {pipelines} workers')
+    raise ConfigError(f'{replicas} replicas do not split evenly over {pipelines} workers')
   local = replicas // pipelines
   return global_batch // replicas, local, ctx.input_pipeline_id * local
 

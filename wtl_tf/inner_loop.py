@@ -1,19 +1,10 @@
-"""Functional, compiled K-step adaptation over any Keras 3 model (ALGORITHMS.md 1.2, 1.3, 1.11).
+"""Functional K-step adaptation phi_{k+1} = phi_k - step_size (.) grad L_in(phi_k) over any Keras 3 model.
 
-    phi_0 = theta;  phi_{k+1} = phi_k - step_size (.) grad L_in(phi_k)
-
-`step_sizes` comes from a `Modulation` (c * S(m), computed once per task) and is a tuple parallel
-to the model's trainable variables; `None` entries are not adapted.
-
-The model is only ever called through `model.stateless_call`, with `training=True`: BatchNorm
-normalises with the statistics of the batch it sees (transductive, as in the reference), and the
-moving statistics it would update are discarded. Nothing is assigned to a variable here.
-
-First order (the reference default): the inner gradients g_k are constants, so
-phi_K = theta - s (.) sum_k g_k exactly. We run the K steps entirely under stop-gradient and
-return `theta - s * stop_gradient(sum_k g_k)`: the same value, the same gradients for theta
-(identity) and for the masks (-sum_k g_k), and no tape or loop intermediates kept for backprop.
-Second order keeps every g_k in the graph (nested tapes inside the while loop).
+`step_sizes` (c * S(m) from a `Modulation`, once per task) is parallel to the trainable variables; None = frozen.
+The model is only called via `stateless_call(..., training=True)` (batch-statistics BN); nothing is assigned. First
+order returns `theta - s * stop_gradient(sum_k g_k)` after a loop run without gradients: same value and outer
+gradients, no loop intermediates kept. Second order nests tapes in the loop. `trajectory` is the first-order variant
+with one batch per step that returns every phi_k (La-MAML). See docs/ALGORITHMS.md 1.3, 1.4, 1.10, 4.2.
 """
 
 import dataclasses
@@ -22,8 +13,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import gin
 import keras
 import tensorflow as tf
+from wtl_tf.errors import ConfigError
 
-from wtl_tf.params import ParamInfo
 
 Params = Tuple[tf.Tensor, ...]
 
@@ -44,14 +35,12 @@ class InnerLoop:
   Attributes:
     num_steps: K, a static Python int.
     first_order: stop the gradient on the inner gradients only (theta and masks stay in the graph).
-    adapt_bn: whether normalisation-layer affine parameters adapt (and are masked) in the inner loop.
+    adapt_bn: whether normalisation-layer affine parameters adapt (and are masked) in the inner loop; the learner
+      core reads it when it decides which tensors get mask logits (wtl_tf/learners/core.py).
     bn_mode: `transductive`: batch statistics of the support set while adapting, of the query set
       when evaluating (the reference behaviour). Running statistics are never used.
-    unroll: write the K steps out in the graph instead of a tf.while_loop: the same values and gradients (tested
-      in float64), a graph K times larger to trace. On this project's 2-core CPU an 8-step first-order adaptation of
-      OSAKA's ConvNet took 118 ms unrolled against 175 ms as a while loop (TF 2.21, oneDNN); the same unrolled steps
-      nested in an outer while loop (the meta-update's loop over tasks) kept their speed. The online gin files
-      switch it on; elsewhere it is off until measured (few-shot graphs unroll tasks already, so tracing grows).
+    unroll: write the K steps out instead of a tf.while_loop (same results, K times the graph). On in the online gin
+      files, where it is faster (docs/PERFORMANCE.md); few-shot graphs already unroll tasks, so off elsewhere.
   """
   num_steps: int = 5
   first_order: bool = True
@@ -61,15 +50,9 @@ class InnerLoop:
 
   def __post_init__(self):
     if not isinstance(self.num_steps, int) or self.num_steps < 0:
-      raise ValueError(f'InnerLoop.num_steps must be a non-negative int, got {self.num_steps!r}.')
+      raise ConfigError(f'InnerLoop.num_steps must be a non-negative int, got {self.num_steps!r}.')
     if self.bn_mode not in BN_MODES:
-      raise ValueError(f'InnerLoop.bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}.')
-
-  def select(self, step_sizes, infos: Sequence[ParamInfo]):
-    """Drops normalisation parameters from the inner loop when `adapt_bn` is off."""
-    if self.adapt_bn:
-      return tuple(step_sizes)
-    return tuple(None if info.is_bn else s for s, info in zip(step_sizes, infos))
+      raise ConfigError(f'InnerLoop.bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}.')
 
   def adapt(self, model, theta, non_trainable, step_sizes, support_x, support_y,
             loss_fn: Callable = cross_entropy) -> Params:
@@ -100,13 +83,9 @@ def adapt(model: keras.Model, theta: Sequence[tf.Tensor], non_trainable: Sequenc
   Returns:
     phi_K as a tuple parallel to theta (frozen entries are theta itself).
   """
-  theta = tuple(tf.convert_to_tensor(p) for p in theta)
-  if len(step_sizes) != len(theta):
-    raise ValueError(f'{len(step_sizes)} step sizes for {len(theta)} parameters.')
-  active = [i for i, s in enumerate(step_sizes) if s is not None]
+  theta, active, sizes = _active(theta, step_sizes)
   if num_steps == 0 or not active:
     return theta
-  sizes = [tf.cast(step_sizes[i], theta[i].dtype) for i in active]
 
   def repeat(body, state):
     if unroll:
@@ -116,13 +95,7 @@ def adapt(model: keras.Model, theta: Sequence[tf.Tensor], non_trainable: Sequenc
     return tf.while_loop(lambda k, *_: k < num_steps, body, state, maximum_iterations=num_steps)
 
   def support_grads(fast_active, base):
-    with tf.GradientTape() as tape:
-      tape.watch(fast_active)
-      params = list(base)
-      for i, p in zip(active, fast_active):
-        params[i] = p
-      loss = loss_fn(support_y, forward(model, params, non_trainable, support_x))
-    return tape.gradient(loss, fast_active, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return _gradients(model, non_trainable, loss_fn, base, active, fast_active, support_x, support_y)
 
   if first_order:
     base = tuple(tf.stop_gradient(p) for p in theta)
@@ -143,7 +116,57 @@ def adapt(model: keras.Model, theta: Sequence[tf.Tensor], non_trainable: Sequenc
       return k + 1, [p - s * g for p, s, g in zip(fast_active, sizes, grads)]
 
     _, adapted = repeat(body, (tf.constant(0), [theta[i] for i in active]))
+  return _merge(theta, active, adapted)
+
+
+def _active(theta, step_sizes):
+  """theta as tensors, the indices of the tensors that adapt (step size not None) and their step sizes."""
+  theta = tuple(tf.convert_to_tensor(p) for p in theta)
+  if len(step_sizes) != len(theta):
+    raise ValueError(f'{len(step_sizes)} step sizes for {len(theta)} parameters.')
+  active = [i for i, s in enumerate(step_sizes) if s is not None]
+  return theta, active, [tf.cast(step_sizes[i], theta[i].dtype) for i in active]
+
+
+def _merge(theta, active, adapted) -> Params:
   fast = list(theta)
   for i, p in zip(active, adapted):
     fast[i] = p
   return tuple(fast)
+
+
+def _gradients(model, non_trainable, loss_fn, base, active, point, x, labels):
+  """Gradients w.r.t. `point` of the loss at `base` with its active tensors replaced by `point`."""
+  with tf.GradientTape() as tape:
+    tape.watch(point)
+    loss = loss_fn(labels, forward(model, _merge(base, active, point), non_trainable, x))
+  return tape.gradient(loss, point, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def trajectory(model: keras.Model, theta: Sequence[tf.Tensor], non_trainable: Sequence[tf.Tensor],
+               step_sizes: Sequence[Optional[tf.Tensor]], batches_x, batches_y,
+               loss_fn: Callable = cross_entropy) -> Tuple[Params, ...]:
+  """First-order modulated SGD, one batch per step; returns phi_k = theta - s * stop_gradient(sum_{j<=k} g_j), k=1..K.
+
+  Args:
+    model, theta, non_trainable, step_sizes: as for `adapt`.
+    batches_x: [K, n, ...] inputs; step k uses batches_x[k].
+    batches_y: the matching labels, [K, n], or any nest of [K, ...] tensors that `loss_fn(labels, logits)`
+      understands (e.g. (labels, sample weights)); step k uses every leaf's entry k.
+  Returns:
+    K tuples parallel to theta. K is static (the leading dimension of batches_x); the steps are unrolled.
+  """
+  theta, active, sizes = _active(theta, step_sizes)
+  const_sizes = [tf.stop_gradient(s) for s in sizes]
+  base = [tf.stop_gradient(theta[i]) for i in active]
+  grad_sum = None
+  path = []
+  for k in range(int(batches_x.shape[0])):
+    # phi_k's value with every input constant: the gradient of step k is taken there.
+    point = base if grad_sum is None else [p - s * g for p, s, g in zip(base, const_sizes, grad_sum)]
+    labels = tf.nest.map_structure(lambda t, k=k: t[k], batches_y)
+    grads = _gradients(model, non_trainable, loss_fn, theta, active, point, batches_x[k], labels)
+    grad_sum = grads if grad_sum is None else [a + g for a, g in zip(grad_sum, grads)]
+    path.append(_merge(theta, active, [theta[i] - s * tf.stop_gradient(g)
+                                       for i, s, g in zip(active, sizes, grad_sum)]))
+  return tuple(path)

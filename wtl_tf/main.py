@@ -1,22 +1,26 @@
 """Entry point: python -m wtl_tf.main --gin_file=... [--gin_param=...] --workdir=DIR."""
+import errno
 import logging
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from wtl_tf import console  # pylint: disable=g-import-not-at-top
+console.quiet()  # Before TensorFlow, absl and gin are imported (see wtl_tf/console.py).
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 
+from wtl_tf import errors  # pylint: disable=g-import-not-at-top
+from wtl_tf import rundir  # pylint: disable=g-import-not-at-top
+from wtl_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
 flags.DEFINE_multi_string('gin_file', [os.path.join(GIN_DIR, 'quickstart.gin')], 'Gin config files.')
-flags.DEFINE_multi_string('gin_param', [], 'Gin bindings, e.g. "demo.num_steps=10".')
+flags.DEFINE_multi_string('gin_param', [], 'Gin bindings, e.g. "run_fewshot.epochs=10".')
 flags.DEFINE_string('workdir', 'runs/quickstart', 'Run directory (config, logs, results).')
 FLAGS = flags.FLAGS
-
-
-class ConfigError(Exception):
-  """A problem with the gin configuration, reported as one paragraph."""
+# Disk full, quota, read-only file system, permission: the machine, not the code (reported as one line).
+_USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 @gin.configurable('main')
@@ -27,7 +31,6 @@ def selected_experiment(experiment=gin.REQUIRED):
 
 def _register_configurables():
   # pylint: disable=g-import-not-at-top,unused-import
-  import wtl_tf.demo
   import wtl_tf.distribute
   import wtl_tf.experiments.continual
   import wtl_tf.experiments.fewshot
@@ -61,28 +64,45 @@ def parse_config(gin_files, gin_params):
     raise ConfigError(f'Invalid gin configuration: {e}'.replace('\n', ' ')) from None
 
 
+def _user_errors() -> tuple:
+  """What a user fixes (configuration, data, run directory, divergence): one line, exit code 2. Anything else is a
+  bug and keeps its traceback."""
+  # pylint: disable=g-import-not-at-top
+  from wtl_tf.data.records import DataError
+  from wtl_tf.learners.core import CheckpointMismatch  # A workdir holding another configuration's checkpoint.
+  return errors.UserError, DataError, CheckpointMismatch
+
+
+def run(workdir: str):
+  """Runs the configured experiment in `workdir`, held for this process, and writes its operative config."""
+  rundir.USE_GIN = True
+  run_dir = rundir.RunDir(workdir)
+  with run_dir.lock():
+    try:
+      result = selected_experiment()(workdir=workdir)
+    except RuntimeError as e:
+      if 'Required bindings' in str(e) or 'No values supplied' in str(e):
+        raise ConfigError(f'Missing required gin value: {e}') from None
+      raise
+    run_dir.write_operative_config()  # Also the bindings first used after training started.
+  return result
+
+
 def main(argv):
   del argv
   try:
     parse_config(FLAGS.gin_file, FLAGS.gin_param)
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    from wtl_tf.data.records import DataError  # pylint: disable=g-import-not-at-top
-    try:
-      result = selected_experiment()(workdir=FLAGS.workdir)
-    except RuntimeError as e:
-      if 'Required bindings' in str(e) or 'No values supplied' in str(e):
-        raise ConfigError(f'Missing required gin value: {e}'.replace('\n', ' ')) from None
+    return run(FLAGS.workdir)
+  except _user_errors() as e:
+    if os.environ.get('WTL_DEBUG'):
       raise
-    except (ValueError, DataError) as e:  # Out-of-range settings, missing or bad data: no results are written.
-      if os.environ.get('WTL_DEBUG'):
-        raise
-      raise ConfigError(str(e).replace('\n', ' ')) from None
-    with open(os.path.join(FLAGS.workdir, 'operative_config.gin'), 'w', encoding='utf-8') as f:
-      f.write(gin.operative_config_str())
-  except ConfigError as e:
-    print(f'error: {e} (set WTL_DEBUG=1 for a traceback)', file=sys.stderr)
-    sys.exit(2)
-  return result
+    message = str(e)
+  except OSError as e:
+    if e.errno not in _USER_OS_ERRORS or os.environ.get('WTL_DEBUG'):
+      raise
+    message = f'{e.strerror}: {e.filename}' if e.filename else str(e)
+  print(f'error: {" ".join(message.split())} (set WTL_DEBUG=1 for a traceback)', file=sys.stderr)
+  sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -1,20 +1,8 @@
-"""Gradient modulations S(m): where, and how fast, each weight may learn in the inner loop.
+"""Gradient modulations S(m) of the inner step phi <- phi - c * S(m) (.) grad L_in(phi) (docs/ALGORITHMS.md 1.2).
 
-Every learner in wtl_tf runs the same inner step (ALGORITHMS.md 1.2)
-
-    phi <- phi - c * S(m) (.) grad L_in(phi)
-
-and differs only in the modulation: the function S, its straight-through gradient, the constant c,
-how the meta-parameters m ("mask logits") are initialised, and which tensors take part at all.
-This module is the single home of those choices.
-
-A modulation is used in three steps by a learner:
-  1. `init_mask_params(infos, seed)` -> list of numpy arrays (the meta-learned m, opaque layout);
-  2. `step_sizes(mask_params, infos, noise_seed)` -> tuple parallel to the model's parameters, each
-     entry `c * S(m)` (a tensor broadcastable to the parameter) or `None` for "not in the inner loop";
-  3. `sparsity(...)` on those step sizes, for logging.
-
-The step sizes are computed **once per task** and stay fixed over the K inner steps.
+Each class fixes S, its (straight-through) gradient, c, the init of m and which tensors adapt. A learner calls
+`init_mask_params(infos, seed)` (list of numpy m, opaque layout), then once per task `step_sizes(mask_params, infos,
+noise_seed)` (parallel to the parameters: `c * S(m)` or None = not in the inner loop), and `sparsity(...)` for logs.
 """
 
 import dataclasses
@@ -25,22 +13,17 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from wtl_tf.errors import ConfigError
 from wtl_tf.params import ParamInfo
 
 StepSizes = Tuple[Optional[tf.Tensor], ...]
 
 
-# --------------------------------------------------------------------------------------------
-# Straight-through step functions.
-# --------------------------------------------------------------------------------------------
+# -- Straight-through step functions ---------------------------------------------------------
 
 @tf.custom_gradient
 def binary_step_half_at_zero(m):
-  """Reference mask 0.5 * (sign(m) + 1): 1 for m > 0, 0.5 at m == 0, 0 for m < 0.
-
-  Backward: straight-through with the derivative of 0.5 * (m + 1), i.e. 0.5 * upstream.
-  This is what the authors' code computes (ALGORITHMS.md 1.2, gotcha 2).
-  """
+  """Reference mask 0.5 * (sign(m) + 1) (0.5 at m == 0); backward 0.5 * upstream (docs/ALGORITHMS.md gotcha 2)."""
   s = 0.5 * (tf.sign(m) + 1.0)
 
   def grad(upstream):
@@ -70,21 +53,18 @@ def relu_straight_through(m):
   return tf.nn.relu(m), grad
 
 
-# --------------------------------------------------------------------------------------------
-# Initialisation (ALGORITHMS.md 1.5).
-# --------------------------------------------------------------------------------------------
+# -- Initialisation (docs/ALGORITHMS.md 1.5) --------------------------------------------------
 
 @gin.register
 @dataclasses.dataclass(frozen=True)
 class MaskInit:
-  """Initial mask logits, first matching rule of ALGORITHMS.md 1.5.
+  """Initial mask logits, first matching rule of docs/ALGORITHMS.md 1.5.
 
   Attributes:
     rule: `constant` (every entry = `value`), `meta_sgd_uniform` (U(0.005, 0.1)) or `default`.
     value: the constant for `rule='constant'` (the reference uses the step size).
     kaiming: for `rule='default'`, rank>1 tensors get He-uniform, bound sqrt(6 / fan_in).
-    init_shift: for `rule='default'`, each tensor is shifted to mean `init_shift` after drawing.
-      0 gives about 50% initial sparsity for binary masks; positive means less sparsity.
+    init_shift: for `rule='default'`, each tensor is re-centred to mean `init_shift` (0: ~50% sparse binary masks).
   """
   rule: str = 'default'
   value: float = 0.1
@@ -93,7 +73,7 @@ class MaskInit:
 
   def __post_init__(self):
     if self.rule not in ('constant', 'meta_sgd_uniform', 'default'):
-      raise ValueError(f'MaskInit.rule must be constant, meta_sgd_uniform or default, got {self.rule!r}.')
+      raise ConfigError(f'MaskInit.rule must be constant, meta_sgd_uniform or default, got {self.rule!r}.')
 
   def __call__(self, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     shape = tuple(int(d) for d in shape)
@@ -110,22 +90,17 @@ class MaskInit:
     return m - m.mean() + self.init_shift
 
 
-# --------------------------------------------------------------------------------------------
-# Modulations.
-# --------------------------------------------------------------------------------------------
+# -- Modulations ------------------------------------------------------------------------------
 
 class Modulation:
-  """Base class: identity modulation on every parameter (MAML / FOMAML), c = `step_size`.
-
-  Subclasses override `adapts` (which tensors are in the inner loop), `modulate` (S), `scale` (c)
-  and the mask-parameter layout.
-  """
+  """Base class: S = 1 on every parameter, c = `step_size`. Subclasses override `adapts`, `modulate` (S), `scale` (c)
+  and the mask-parameter layout."""
 
   has_logits = False
 
   def __init__(self, step_size: float = 0.1, mask_init: Optional[MaskInit] = None):
     if not step_size > 0:
-      raise ValueError(f'step_size must be positive, got {step_size}.')
+      raise ConfigError(f'step_size must be positive, got {step_size}.')
     self.step_size = float(step_size)
     self.mask_init = mask_init or self.default_init()
 
@@ -192,15 +167,14 @@ class Identity(Modulation):
 
 @gin.register
 class FixedSubset(Modulation):
-  """ANIL (`subset='head'`) or BOIL (`subset='body'`): S = 1 on a fixed subset, the rest is frozen.
+  """ANIL (`subset='head'`) or BOIL (`subset='body'`, BN included): S = 1 on a subset, the rest only meta-learned.
 
-  Frozen tensors are still meta-learned in the outer loop. Whether BOIL adapts BatchNorm is
-  unverified; we follow the recommendation (yes: BN belongs to the body).
+  Whether BOIL adapts BN is open; wtl_tf says yes (docs/ALGORITHMS.md 1.6).
   """
 
   def __init__(self, subset: str = 'head', step_size: float = 0.1):
     if subset not in ('head', 'body'):
-      raise ValueError(f"FixedSubset.subset must be 'head' or 'body', got {subset!r}.")
+      raise ConfigError(f"FixedSubset.subset must be 'head' or 'body', got {subset!r}.")
     super().__init__(step_size)
     self.subset = subset
 
@@ -210,20 +184,15 @@ class FixedSubset(Modulation):
 
 @gin.register
 class BinaryMask(Modulation):
-  """sparse-MAML: S(m) = step(m) with a straight-through gradient, c = step_size.
-
-  `convention='reference'` (default) reproduces the authors' code: 0.5 * (sign(m) + 1), which is 0.5
-  at exactly m == 0 and has a straight-through gradient of 0.5. `convention='paper'` is 1[m >= 0]
-  with an identity straight-through gradient. The two differ only by a factor 2 in the mask
-  learning rate and on the measure-zero set m == 0.
-  """
+  """sparse-MAML: S(m) = step(m), straight-through, c = step_size. `convention`: 'reference' (default,
+  0.5 * (sign(m) + 1), gradient 0.5) or 'paper' (1[m >= 0], gradient 1); docs/ALGORITHMS.md 1.2, gotcha 2."""
 
   has_logits = True
 
   def __init__(self, step_size: float = 0.1, mask_init: Optional[MaskInit] = None,
                convention: str = 'reference'):
     if convention not in ('reference', 'paper'):
-      raise ValueError(f"BinaryMask.convention must be 'reference' or 'paper', got {convention!r}.")
+      raise ConfigError(f"BinaryMask.convention must be 'reference' or 'paper', got {convention!r}.")
     self.convention = convention
     super().__init__(step_size, mask_init)
 
@@ -233,11 +202,9 @@ class BinaryMask(Modulation):
 
 @gin.register
 class ScaledBinaryMask(BinaryMask):
-  """sparse-La-MAML / sparse-C-MAML: alpha0 * 1[m >= 0] with the identity straight-through gradient.
+  """sparse-La-MAML / sparse-C-MAML: alpha0 (= `step_size`) * 1[m >= 0], identity straight-through gradient.
 
-  `step_size` plays the role of alpha0. The paper's convention is the default here because the
-  continual-learning code of the reference never used the 0.5 variant. Default init: a positive
-  constant, i.e. 0% initial sparsity (unverified; consistent with Fig. 3 where sparsity grows).
+  Paper convention and init +0.01 (0% sparse) are wtl_tf choices: docs/ALGORITHMS.md 4.3.
   """
 
   def __init__(self, step_size: float = 0.1, mask_init: Optional[MaskInit] = None,
@@ -297,11 +264,8 @@ class Exp(ReluStraightThrough):
 
 @gin.register
 class PerTensorStepSize(ReluStraightThrough):
-  """One learned, unconstrained step size per parameter tensor: S(m) = m with m a scalar, c = 1.
-
-  OSAKA's `per_param_step_size` (ALGORITHMS.md 5.2): one scalar per adapted tensor, initialised at `step_size` and
-  meta-learned with theta. Sparsity statistics count a tensor as all-zero only if its scalar is exactly 0.
-  """
+  """OSAKA's per-tensor step sizes (docs/ALGORITHMS.md 5.2, 1.9): S(m) = m, one unconstrained scalar per tensor,
+  c = 1, init `step_size`. Sparsity counts a tensor as all-zero only if its scalar is exactly 0."""
 
   def default_init(self):
     return MaskInit(rule='constant', value=self.step_size)
@@ -316,17 +280,10 @@ class PerTensorStepSize(ReluStraightThrough):
 
 @gin.register
 class NoisyBinaryMask(BinaryMask):
-  """sparse-MAML+ (ALGORITHMS.md 1.7): conv-kernel masks generated from fresh noise for every task.
+  """sparse-MAML+ (docs/ALGORITHMS.md 1.7, gotcha 9): conv-kernel masks step(W (z (.) sigma + mu) + b + init_shift),
+  z ~ N(0, I_d) drawn anew per task; other masked tensors keep plain logits; conv biases are unmasked.
 
-  x = z (.) sigma + mu with z ~ N(0, I_d); a = W x + b; each conv kernel's mask is
-  step(a_slice + init_shift) with the reference's STE. W, b, mu and sigma are the meta-parameters.
-  Other masked tensors (BN, head) keep ordinary deterministic masks. Conv *biases* are not masked:
-  they adapt with the plain step size and stay out of the sparsity statistics (reference quirk).
-
-  `feature_size` is d (1600 in the reference, giving about 180M generator weights for Conv4).
-  `hidden_size`, when set, factorises W = W2 @ W1 through a `hidden_size` bottleneck: the
-  cheaper documented option, with (d + n) * hidden_size parameters instead of d * n.
-
+  `feature_size` is d (1600); `hidden_size` factors W = W2 @ W1 (a cheaper option, not the reference).
   Mask-parameter layout: [mu, sigma, W (or W1, W2), b, then one logit tensor per other masked param].
   """
 
@@ -396,9 +353,7 @@ class NoisyBinaryMask(BinaryMask):
     return tuple(out)
 
 
-# --------------------------------------------------------------------------------------------
-# Sparsity (ALGORITHMS.md 1.9, ARCHITECTURE.md).
-# --------------------------------------------------------------------------------------------
+# -- Sparsity (docs/ALGORITHMS.md 1.9) --------------------------------------------------------
 
 def sparsity(modulations: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   """Fraction of exactly-zero entries of each S(m), plus `overall`, weighted by size.
@@ -413,7 +368,7 @@ def sparsity(modulations: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     s = tf.convert_to_tensor(s)
     n = tf.size(s, out_type=tf.int64)
     nz = tf.math.count_nonzero(s, dtype=tf.int64)
-    result[name] = 1.0 - tf.cast(nz, tf.float64) / tf.cast(n, tf.float64)
+    result[name] = tf.cast(n - nz, tf.float64) / tf.cast(n, tf.float64)  # One rounding: exactly zeros / size.
     zeros += n - nz
     total += n
   if not modulations:

@@ -1,9 +1,5 @@
-"""What each trainable tensor of a Keras model is, found by layer type and identity (never by name).
-
-Learners, modulations and summaries all work on tuples of tensors in `model.trainable_variables`
-order. `describe(model)` returns a parallel tuple of `ParamInfo` so they can decide, for example,
-"BN affine parameters stay out of the inner loop" or "ANIL adapts only the head".
-"""
+"""`describe(model)`: what each trainable tensor is (role, layer type, BN?, head?, depth), parallel to
+`model.trainable_variables` and found by layer type and identity, never by name (docs/ALGORITHMS.md 1.6)."""
 
 import dataclasses
 from typing import Tuple

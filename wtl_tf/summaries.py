@@ -69,13 +69,3 @@ class Summaries:
 def read_metrics(path: str):
   with open(path, encoding='utf-8') as f:
     return [json.loads(line) for line in f if line.strip()]
-
-
-def write_sweep_summary(directory: str, table: str, summary: Mapping) -> None:
-  """Prints a reproduction sweep's markdown table and saves it with its numbers (table.md, summary.json)."""
-  print(table)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, 'table.md'), 'w', encoding='utf-8') as f:
-    f.write(table + '\n')
-  with open(os.path.join(directory, 'summary.json'), 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=1)

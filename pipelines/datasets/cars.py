@@ -140,10 +140,10 @@ def list_images(kind, path):
     names = [n for n in os.listdir(path) if n.lower().endswith('.jpg')]
     return {n: (n, _size(os.path.join(path, n))) for n in names}
   if kind == 'zip':
-    with zipfile.ZipFile(path) as z:
+    with core.reading(path), zipfile.ZipFile(path) as z:
       return {_image_name(n): (n, _size(z.open(n))) for n in z.namelist() if _image_name(n)}
   found = {}
-  with tarfile.open(path, mode='r|*') as tar:
+  with core.reading(path), tarfile.open(path, mode='r|*') as tar:
     for member in tar:
       if member.isfile() and _image_name(member.name):
         found[_image_name(member.name)] = (member.name, _size(io.BytesIO(tar.extractfile(member).read())))
@@ -209,7 +209,7 @@ def plan(input_dir, image_size='84', images=None):
 def _read_class(item, kind, path):
   class_id, split, files = item
   if kind == 'zip':
-    with FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z:
+    with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z:
       for member, fname, box in files:
         yield core.RawImage(class_id, split, fname, z.read(member), bbox=box)
     return
@@ -219,7 +219,8 @@ def _read_class(item, kind, path):
 
 
 def _read_tar(path, wanted):
-  with FileSystems.open(path, compression_type='uncompressed') as f, tarfile.open(fileobj=f, mode='r|*') as tar:
+  with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, \
+      tarfile.open(fileobj=f, mode='r|*') as tar:
     for member in tar:
       if member.isfile() and member.name in wanted:
         class_id, split, fname, box = wanted[member.name]

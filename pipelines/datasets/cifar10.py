@@ -85,7 +85,8 @@ def _read_bytes(path):
 def _read_tar_members(path, names):
   """{name: bytes} of the wanted batch files, streaming the archive once."""
   out = {}
-  with FileSystems.open(path, compression_type='uncompressed') as f, tarfile.open(fileobj=f, mode='r|*') as tar:
+  with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, \
+      tarfile.open(fileobj=f, mode='r|*') as tar:
     for member in tar:
       base = member.name.split('/')[-1]
       if member.isfile() and base in names:
@@ -138,7 +139,7 @@ def list_images(kind, where):
           found[(split, name)] = [(None, f'{split}/{name}/{f}') for f in sorted(os.listdir(class_dir)) if _is_image(f)]
   else:
     for path in where:
-      with FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z:
+      with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z:
         for member in z.namelist():
           match = MEMBER.match(member)
           if match and _is_image(member):

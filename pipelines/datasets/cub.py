@@ -78,7 +78,8 @@ def list_classes(kind, path):
       if class_number(name) and os.path.isdir(os.path.join(path, name)):
         counts[name] = sum(1 for f in os.listdir(os.path.join(path, name)) if _is_image(f))
   else:
-    with FileSystems.open(path, compression_type='uncompressed') as f, tarfile.open(fileobj=f, mode='r|*') as tar:
+    with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, \
+        tarfile.open(fileobj=f, mode='r|*') as tar:
       for member in tar:
         found = member.isfile() and _tar_class_and_file(member.name)
         if found:
@@ -123,7 +124,8 @@ def _read_class(item, images_dir):
 
 def _read_tar(path, class_ids):
   """Streams the archive once; source ids match those of the folder layout, so both give the same records."""
-  with FileSystems.open(path, compression_type='uncompressed') as f, tarfile.open(fileobj=f, mode='r|*') as tar:
+  with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, \
+      tarfile.open(fileobj=f, mode='r|*') as tar:
     for member in tar:
       found = member.isfile() and _tar_class_and_file(member.name)
       if found and found[0] in class_ids:

@@ -93,7 +93,7 @@ def index_images(input_dir):
   for entry in sorted(os.listdir(input_dir)):
     path = os.path.join(input_dir, entry)
     if entry.endswith('.zip') and os.path.isfile(path):
-      with FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z:
+      with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z:
         for member in z.namelist():
           if _is_image(member):
             add(member.split('/')[-1], (path, member, _parent(member)))

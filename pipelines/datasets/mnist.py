@@ -54,7 +54,8 @@ def read_idx(path):
   with FileSystems.open(path, compression_type='uncompressed') as f:
     data = f.read()
   if data[:2] == b'\x1f\x8b':
-    data = gzip.decompress(data)
+    with core.reading(path):
+      data = gzip.decompress(data)
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
     raise ValueError(f'{path}: not an unsigned-byte IDX file (bad magic {data[:4]!r})')
   ndim = data[3]

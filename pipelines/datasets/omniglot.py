@@ -27,7 +27,7 @@ Splits (`--option split=`):
     characters (Angelic .. Gurmukhi/character41). `rotations=true` adds each character rotated by 90, 180 and 270
     degrees (counter-clockwise, like MAML's tf.image.rot90) as extra classes in the same split: class k * C + i is
     character i rotated by 90k degrees (C = number of characters), so the unrotated classes keep ids 0..C-1.
-  * `osaka`: OSAKA's order (ALGORITHMS.md 5.1); OSAKA walks the folders with os.walk, in whatever order the file
+  * `osaka`: OSAKA's order (docs/ALGORITHMS.md 5.1); OSAKA walks the folders with os.walk, in whatever order the file
     system lists them, so the sorted walk (the same order as above) stands in for it. Characters [0, 900) are
     'pretrain', [900, 1000) 'val' and the rest 'unseen' (never seen in pre-training; OSAKA's stream draws from all
     1623). attrs['osaka_index'] is that class index.
@@ -38,7 +38,7 @@ Pixel convention (the spec's `pixel_convention`): images are the 'L' version of 
 resized to 28x28 with LANCZOS (antialiased: stroke edges become grey), then:
   * maml: inverted (`RawImage.invert`): strokes 255 on a 0 background, which is what MAML feeds its models
     (`1 - png / 255`);
-  * osaka: not inverted: background 255, strokes 0; OSAKA feeds `png / 255` (our reading of [O]; ALGORITHMS.md says
+  * osaka: not inverted: background 255, strokes 0; OSAKA feeds `png / 255` (our reading of [O]; docs/ALGORITHMS.md says
     only "scaled /255"). `--option invert=true|false` overrides either default.
 Note: MAML's resize script calls LANCZOS on the 1-bit images, for which Pillow silently uses nearest neighbour, so
 its 28x28 images are binary; here the resize is done on 'L' images and really is antialiased.
@@ -179,7 +179,7 @@ def _png_characters(set_name, kind, path, relpaths):
 
 def _list_png(set_name, kind, path):
   if kind == 'zip':
-    with FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z:
+    with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z:
       relpaths = [n for n in z.namelist() if not n.endswith('/')]
   else:
     relpaths = []
@@ -193,7 +193,8 @@ def _list_png(set_name, kind, path):
 @contextlib.contextmanager
 def open_npz_array(path, member='images.npy'):
   """Yields (shape, stream at the array's first byte) for one array of an npz, without decompressing the data."""
-  with FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z, z.open(member) as stream:
+  with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z, \
+      z.open(member) as stream:
     version = np.lib.format.read_magic(stream)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read_header(stream)
@@ -207,7 +208,7 @@ def _npz_characters(set_name, path):
   """The characters of one npz, named from ALPHABETS after checking that its shape and labels fit them."""
   with open_npz_array(path) as (shape, _):
     pass
-  with FileSystems.open(path, compression_type='uncompressed') as f, np.load(f) as data:
+  with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, np.load(f) as data:
     labels = data['labels']
   expected = EXPECTED['characters'][set_name]
   if len(shape) != 4 or shape[0] != expected or shape[2:] != (105, 105):
@@ -390,7 +391,7 @@ def _images_of(kind, path, entries):
         for drawer, source_id in entry[3]:
           yield entry, pixels[drawer], source_id
   elif kind == 'zip':
-    with FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z:
+    with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, zipfile.ZipFile(f) as z:
       for entry in entries:
         for member, source_id in entry[3]:
           yield entry, z.read(member), source_id

@@ -1,17 +1,9 @@
-"""Continual-learning benchmarks built from prepared records (ALGORITHMS.md 4.1).
+"""Continual-learning benchmarks built from prepared records (docs/ALGORITHMS.md 4.1, 4.7).
 
-  rotations          T tasks (default 20); task t rotates every image by an angle drawn from U[9t, 9t+9) degrees.
-  permutations       T tasks (default 20), each with its own fixed pixel permutation (the first task is permuted too).
-  many_permutations  the same with 100 tasks of 200 training samples.
-  class_split        tasks are consecutive groups of classes (the CIFAR variant: CIFAR-10 as 5 tasks of 2 classes).
-
-Per task, `samples_per_task` training images are a random subset of the training split (seeded), and the test set is
-the full test split, transformed the same way (all 10,000 images for MNIST; the official La-MAML evaluation scores
-9,999 of them, which we do not copy). Every random choice comes from `seed` and the drawn angles are returned in the
-task descriptors, so runs are reproducible and the angles can be logged.
-
-Rotation reproduces PIL's `Image.rotate(angle)` (counter-clockwise, nearest neighbour, black fill) exactly: PIL rotates
-an image of pixel indices once per task, and the resulting gather map is applied to all images with numpy.
+Kinds: rotations (U[9t, 9t+9) degrees per task), permutations, many_permutations, and class_split (consecutive class
+groups, e.g. CIFAR-10 as 5 tasks of 2). Each task takes a seeded training subset and the whole, equally transformed
+test split; angles go into the task descriptors. Rotation is PIL's exactly: PIL rotates an index image once per task
+and the resulting map gathers every image.
 """
 import dataclasses
 from typing import List, Optional, Sequence
@@ -20,6 +12,7 @@ import gin
 import numpy as np
 
 from wtl_tf.data import prepare, records
+from wtl_tf.errors import ConfigError
 
 KINDS = ('rotations', 'permutations', 'many_permutations', 'class_split')
 DEFAULTS = {'rotations': (20, 1000), 'permutations': (20, 1000), 'many_permutations': (100, 200)}
@@ -54,7 +47,7 @@ def apply_map(images: np.ndarray, source: np.ndarray) -> np.ndarray:
 
 def _subset(rng, n_available, n_wanted, what):
   if n_wanted > n_available:
-    raise ValueError(f'{what}: asked for {n_wanted} training samples per task, the split has only {n_available}')
+    raise ConfigError(f'{what}: asked for {n_wanted} training samples per task, the split has only {n_available}')
   return rng.choice(n_available, size=n_wanted, replace=False)
 
 
@@ -63,7 +56,7 @@ def build_tasks(kind: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.
                 classes_per_task: int = 2) -> List[Task]:
   """Builds the tasks of a benchmark from uint8 images [n, H, W, C] and their labels."""
   if kind not in KINDS:
-    raise ValueError(f'unknown continual benchmark {kind!r}; choose one of {KINDS}')
+    raise ConfigError(f'unknown continual benchmark {kind!r}; choose one of {KINDS}')
   default_tasks, default_samples = DEFAULTS.get(kind, (None, None))
   num_tasks = num_tasks or default_tasks
   samples_per_task = samples_per_task or default_samples
@@ -77,7 +70,7 @@ def build_tasks(kind: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.
     max_tasks = len(classes) // classes_per_task
     num_tasks = num_tasks or max_tasks
     if num_tasks > max_tasks or num_tasks <= 0:
-      raise ValueError(f'class_split: {num_tasks} tasks of {classes_per_task} classes need '
+      raise ConfigError(f'class_split: {num_tasks} tasks of {classes_per_task} classes need '
                        f'{num_tasks * classes_per_task} classes, the data has {len(classes)}')
     for t in range(num_tasks):
       chosen = classes[t * classes_per_task:(t + 1) * classes_per_task]
@@ -91,7 +84,7 @@ def build_tasks(kind: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.
                         flat_test[test_idx], test_y[test_idx]))
     return tasks
   if num_tasks <= 0 or samples_per_task <= 0:
-    raise ValueError(f'{kind}: num_tasks and samples_per_task must be positive, got {num_tasks}, {samples_per_task}')
+    raise ConfigError(f'{kind}: num_tasks and samples_per_task must be positive, got {num_tasks}, {samples_per_task}')
   for t in range(num_tasks):
     if kind == 'rotations':
       angle = float(rng.uniform(9.0 * t, 9.0 * t + 9.0))
@@ -112,7 +105,7 @@ class Benchmark:
   Attributes:
     dataset: records dataset name (mnist, fashion_mnist, cifar10, ...).
     kind: one of KINDS.
-    num_tasks / samples_per_task: None means the defaults of ALGORITHMS.md 4.1 for the kind.
+    num_tasks / samples_per_task: None means the defaults of docs/ALGORITHMS.md 4.1 for the kind.
     seed: the benchmark seed (angles, permutations, subsets); independent of the learner's seed.
     records_dir / raw_dir: override where records are found and raw files are converted from.
   """
@@ -127,11 +120,11 @@ class Benchmark:
 
   def __post_init__(self):
     if self.kind not in KINDS:
-      raise ValueError(f'Benchmark.kind must be one of {KINDS}, got {self.kind!r}')
+      raise ConfigError(f'Benchmark.kind must be one of {KINDS}, got {self.kind!r}')
     for name in ('num_tasks', 'samples_per_task'):
       value = getattr(self, name)
       if value is not None and (not isinstance(value, int) or value <= 0):
-        raise ValueError(f'Benchmark.{name} must be a positive int, got {value!r}')
+        raise ConfigError(f'Benchmark.{name} must be a positive int, got {value!r}')
 
   def load(self) -> List[Task]:
     spec = prepare.ensure_records(self.dataset, self.records_dir, self.raw_dir)

@@ -1,38 +1,23 @@
-"""Few-shot episodes (N-way, K-shot, Q-query) from one split of a prepared dataset, as a tf.data pipeline.
+"""Few-shot episodes (N-way, K-shot, Q-query) from one split of a prepared dataset, as tf.data (docs/ALGORITHMS.md 3.1).
 
-An episode draws `ways` classes of the split without replacement, then `shots + queries` images of each class
-without replacement (ALGORITHMS.md 3.1). The j-th drawn class gets label j; since the draw order is random, labels
-are a fresh random permutation of the classes in every episode. Images are class-major:
-
+Classes and images are drawn without replacement; the j-th drawn class gets label j. Images are class-major:
   support_images: [ways*shots, H, W, C] float32   support_labels: [ways*shots] int32 (0,..,0,1,..,1,...)
   query_images:   [ways*queries, H, W, C] float32 query_labels:   [ways*queries] int32
+Pixels are in [0, 1]; `normalize` applies the ImageNet mean/std (docs/ALGORITHMS.md gotcha 8); `augment` (training only)
+flips with probability 1/2 and crops back to H x W after zero-padding by `augment_padding`.
 
-Pixels are in [0, 1]; `normalize=True` then applies the ImageNet mean/std (miniImageNet in the reference,
-gotcha 8). `augment=True` flips each image horizontally with probability 1/2 and crops it back to H x W after
-zero-padding by `augment_padding` pixels (support and query alike; a training-time switch).
+Episode i under seed s is a pure function of (s, i) (stateless key [s, i], split for classes, images, augmentation),
+so it does not depend on parallelism, and step n of a B-task meta-batch resumes with `dataset(seed, start=n*B)`.
 
-Randomness and resuming. Episode i of a sampler seeded with s is a pure function of (s, i): its stateless RNG key is
-[s, i], split into independent keys for the classes, the images and the augmentation. So episodes do not depend on
-parallelism, prefetching or on which episodes were drawn before, and a training loop resumes at episode i with
-`dataset(seed, start=i)` (with a meta-batch of B tasks, step n holds episodes nB .. nB+B-1: resume with start=n*B).
+Modes, bit-identical episodes: 'memory' decodes the split once into a uint8 CPU tf.Variable (kept out of the tf.data
+graph) and gathers; 'stream' keeps only each record's byte range (from the 12-byte TFRecord headers, checked against
+the spec's counts), reads the drawn classes' files and decodes only the drawn records: memory bounded by the classes in
+flight (tieredImageNet), slower but fast enough (docs/PERFORMANCE.md). Build the sampler outside `strategy.scope()`.
 
-Two modes, which give bit-identical episodes (the same indices, read from the same records):
-  * 'memory': every image of the split is decoded once into one uint8 tensor (a CPU tf.Variable, so tf.data does not
-    serialize it into its graph); an episode is a gather. For the small datasets (miniImageNet: ~0.8 GB).
-  * 'stream': no pixels are held. At construction the sampler scans the 12-byte record headers of the split's files
-    (a few seconds for tieredImageNet's ~780k records) and keeps each record's byte range. Each episode then reads the
-    record file of each of its `ways` classes (tf.io.read_file, from the page cache once warm), slices out the drawn
-    records and decodes only those. Memory is bounded by the classes in flight, so it suits tieredImageNet; the cost
-    is PNG decoding (~0.1-0.2 ms per 84x84 image here), so it is ~10-20x slower than 'memory' but far above the
-    rate a meta-training step consumes. The framing scan also checks every file against the spec's counts.
-Either way, build the sampler outside `strategy.scope()` and distribute the dataset afterwards.
-
-Fixed evaluation episodes are stored as indices (`write_eval_episodes` / `read_eval_episodes`): an .npz with the
-dataset class ids [E, ways] (column j = label j), the image positions [E, ways, shots+queries] in each class's
-record order (first `shots` = support), and a JSON header with the episode shape, seed and a fingerprint of the split
-(class ids, names, counts and the pipeline's per-class content checksums). That is compact and exact; reading it
-against a re-converted dataset whose content changed is a `DataError`. (STYLE.md proposed TFRecords of the images;
-indices are ~100x smaller and reproduce the same pixels.)
+Fixed evaluation episodes (`write_eval_episodes` / `read_eval_episodes`) are an .npz of indices, small and exact:
+class ids [E, ways] (column j = label j), image positions [E, ways, shots+queries] in record order (first `shots` =
+support), and a JSON header (shape, seed, fingerprint of the split's ids, names, counts and content checksums). A
+re-converted dataset whose content changed is refused with a `DataError`.
 """
 import collections
 import hashlib
@@ -40,7 +25,7 @@ import io
 import json
 import os
 import struct
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import gin
 import numpy as np
@@ -68,9 +53,7 @@ def episode_key(seed, index):
 def random_sample(key, num_valid, size, num_slots):
   """`size` distinct positions in [0, num_valid), in random order; num_valid [R] -> int32 [R, size].
 
-  Each row ranks `num_slots` full-range random int64s, positions >= num_valid pushed to the end, so it is uniform
-  without replacement and ties have probability ~2^-60.
-  """
+  Ranks `num_slots` random int64s per row, invalid positions last: uniform without replacement, ties ~2^-60."""
   num_valid = tf.convert_to_tensor(num_valid, tf.int32)
   scores = tf.random.stateless_uniform(tf.stack([tf.size(num_valid), num_slots]), key, minval=None, maxval=None,
                                        dtype=tf.int64)
@@ -86,7 +69,7 @@ def preprocess(images, key, normalize=False, augment=False, padding=8):
   images = tf.cast(images, tf.float32)
   if not normalize:
     return images * (1.0 / 255.0)
-  # One multiply-add with [H, W, C] constants: broadcasting a [C] vector is several times slower on CPU.
+  # One multiply-add with [H, W, C] constants: broadcasting a [C] vector was slower on CPU (docs/PERFORMANCE.md).
   shape = images.shape[1:]
   std, mean = np.array(IMAGENET_STD, np.float32), np.array(IMAGENET_MEAN, np.float32)
   scale = np.broadcast_to(1.0 / (255.0 * std), shape).astype(np.float32)
@@ -94,10 +77,7 @@ def preprocess(images, key, normalize=False, augment=False, padding=8):
 
 
 def _flip_and_crop(images, key, padding):
-  """Per image: a random H x W window of the zero-padded image, mirrored left-right with probability 1/2.
-
-  Both are index arithmetic: one gather of rows and one of (possibly reversed) columns per image.
-  """
+  """Per image: a random H x W window of the zero-padded image, mirrored with probability 1/2 (two gathers)."""
   flip_key, crop_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
   n, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
   flip = tf.random.stateless_uniform([n], flip_key) < 0.5
@@ -117,8 +97,7 @@ load_classes = records.load_classes
 def record_ranges(path) -> Tuple[np.ndarray, int]:
   """(int64 [n, 2] (byte offset, length) of each record's payload, file size) of a TFRecord file.
 
-  Reads only the 12-byte headers (TFRecord framing: uint64 length, uint32 masked crc, payload, uint32 crc).
-  """
+  Reads only the 12-byte headers (framing: uint64 length, uint32 masked crc, payload, uint32 crc)."""
   if not tf.io.gfile.exists(path):
     raise records.DataError(f'record file {path} is missing; re-run the pipeline that wrote {os.path.dirname(path)}')
   local = '://' not in path
@@ -210,9 +189,7 @@ class EpisodeSampler:
     self._single_shard = width == 1
     self._record_offsets, self._record_lengths = tf.constant(offsets), tf.constant(lengths)
 
-  # ------------------------------------------------------------------------------------------
-  # Indices: which classes and images an episode uses.
-  # ------------------------------------------------------------------------------------------
+  # -- Indices: which classes and images an episode uses ---------------------------------------
 
   def _sample(self, key):
     """-> class positions int32 [ways], image positions int32 [ways, shots+queries], augmentation key."""
@@ -231,9 +208,7 @@ class EpisodeSampler:
     classes, images = ds.get_single_element()
     return self.class_ids[classes.numpy()], images.numpy()
 
-  # ------------------------------------------------------------------------------------------
-  # Episodes from indices.
-  # ------------------------------------------------------------------------------------------
+  # -- Episodes from indices -----------------------------------------------------------------
 
   def _gather_memory(self, classes, images):
     index = tf.gather(self._offsets, classes)[:, tf.newaxis] + tf.cast(images, tf.int64)
@@ -292,8 +267,7 @@ class EpisodeSampler:
                    num_parallel_calls=tf.data.AUTOTUNE, prefetch=tf.data.AUTOTUNE) -> tf.data.Dataset:
     """Episodes given as dataset class ids [E, ways] and image positions [E, ways, shots+queries].
 
-    Augmentation (if on) of episode e uses the key of episode e under `seed`.
-    """
+    Augmentation (if on) of episode e uses the key of episode e under `seed`."""
     class_ids, image_indices = np.asarray(class_ids), np.asarray(image_indices)
     if class_ids.ndim != 2 or class_ids.shape[1] != self.ways or image_indices.shape != class_ids.shape + (
         self.per_class,):

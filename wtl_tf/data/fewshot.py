@@ -1,15 +1,9 @@
-"""Episode sources for the few-shot experiment: prepared datasets (records) and a learnable synthetic stand-in.
+"""Episode sources for the few-shot experiment: prepared datasets (`FewShotData`) and synthetic data (`SyntheticData`).
 
-Both give, for one split at a fixed episode shape (ways, shots, queries), the two things the trainer needs:
-  * `batch_at(seed, first, size)`: a one-element tf.data.Dataset holding episodes first .. first+size-1 of the
-    seeded episode stream and their positions; an episode is a pure function of (seed, position);
-  * `fixed(seed, num_episodes, directory)`: a fixed evaluation set. For prepared datasets it is stored as an index
-    file (wtl_tf/data/episodes.py) that later runs and other seeds reuse, so every model is tested on the same tasks.
-
-`FewShotData` wraps wtl_tf/data (EpisodeSampler over per-class records, converted on first use by
-wtl_tf/data/prepare.py). ImageNet normalisation is on for miniImageNet only, as in the reference (gotcha 8).
-`SyntheticData` draws one random prototype image per class; an image is its class prototype plus Gaussian noise.
-It needs no files and is what tests, smoke runs and benchmarks use.
+A split at one episode shape gives `batch_at(seed, first, size)`, a one-element dataset of episodes first ..
+first+size-1 and their positions (pure functions of (seed, position)), and `fixed(seed, num_episodes, directory)`, a
+fixed evaluation set (for records an index file, wtl_tf/data/episodes.py, reused by later runs and seeds).
+`SyntheticData` (class prototype plus Gaussian noise, no files) serves tests, smoke runs and benchmarks.
 """
 import collections
 import os
@@ -22,11 +16,11 @@ import tensorflow as tf
 from wtl_tf.data import episodes as episodes_lib
 from wtl_tf.data import prepare
 from wtl_tf.data import records
+from wtl_tf.errors import ConfigError
 
 Episode = episodes_lib.Episode
 
-# Image shapes of the datasets the pipelines write, so configurations can be checked (and models built) before any
-# data is loaded.
+# Image shapes the pipelines write, so configurations can be checked (and models built) before data is loaded.
 KNOWN_SHAPES = {'miniimagenet': (84, 84, 3), 'tieredimagenet': (84, 84, 3), 'cub': (84, 84, 3),
                 'cars': (84, 84, 3), 'omniglot': (28, 28, 1), 'cifar10': (32, 32, 3), 'mnist': (28, 28, 1),
                 'fashion_mnist': (28, 28, 1)}
@@ -39,9 +33,7 @@ def _with_positions(dataset, positions_dataset):
   return tf.data.Dataset.zip((dataset, positions_dataset))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Prepared datasets.
-# ---------------------------------------------------------------------------------------------------------------
+# -- Prepared datasets -------------------------------------------------------------------------------------------
 
 @gin.register
 class FewShotData:
@@ -68,7 +60,7 @@ class FewShotData:
     self.mode = mode
     shape = image_shape or KNOWN_SHAPES.get(dataset)
     if shape is None:
-      raise ValueError(f'FewShotData({dataset!r}): unknown image shape; set FewShotData.image_shape')
+      raise ConfigError(f'FewShotData({dataset!r}): unknown image shape; set FewShotData.image_shape')
     self.image_shape = tuple(int(d) for d in shape)
     self._spec = None
     self._splits = {}
@@ -136,9 +128,7 @@ class FixedRecordEpisodes:
                                                                                          drop_remainder=True))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Synthetic data.
-# ---------------------------------------------------------------------------------------------------------------
+# -- Synthetic data ----------------------------------------------------------------------------------------------
 
 @gin.register
 class SyntheticData:
@@ -162,9 +152,9 @@ class SyntheticData:
   def split(self, split: str, ways: int, shots: int, queries: int, augment: bool = False) -> 'SyntheticSplit':
     del augment  # Nothing to augment: every image is fresh noise already.
     if split not in self.num_classes:
-      raise ValueError(f'SyntheticData has splits {sorted(self.num_classes)}, not {split!r}')
+      raise ConfigError(f'SyntheticData has splits {sorted(self.num_classes)}, not {split!r}')
     if ways > self.num_classes[split]:
-      raise ValueError(f'{ways}-way episodes need {ways} classes; synthetic split {split!r} has '
+      raise ConfigError(f'{ways}-way episodes need {ways} classes; synthetic split {split!r} has '
                        f'{self.num_classes[split]}')
     key = (split, ways, shots, queries)
     if key not in self._splits:

@@ -1,27 +1,10 @@
-"""The OSAKA online stream and its Omniglot pre-training tasks (ALGORITHMS.md 5.1, gotchas 17 and 19).
+"""The OSAKA online stream and its Omniglot pre-training tasks (docs/ALGORITHMS.md 5.1, 5.2, gotchas 17 and 19).
 
-Stream of `num_steps` steps (default 10000). At step 0, and afterwards with probability 1 - p at each step, the task
-switches: a mode is drawn (Omniglot 0.5, MNIST 0.25, Fashion-MNIST 0.25), then 10 classes of that dataset without
-replacement, labelled 0..9 in draw order (so labels are re-permuted at every switch, even if a class recurs). Every step
-of a task yields 5 images per class drawn WITH replacement, class-major: 50 images [50, 28, 28, 1].
-
-  * Omniglot: all classes of the spec (every split, pre-training classes included as in OSAKA) in class-id order,
-    without Omniglot's rotated copies (classes whose attrs have a non-zero 'rotation'); scaled to [0, 1]. Convert it
-    with `--option split=osaka` (OSAKA's class order and pixel convention; its 'pretrain' split is classes [0, 900)).
-  * MNIST / Fashion-MNIST: the 'train' images; each class is truncated to its first n images in record order (n =
-    the smallest class: 5421 for MNIST, 6000 for Fashion-MNIST), giving equal per-class counts. By default they keep the
-    reference's intensity quirk, raw 0-255 floats; `scale_mnist=True` puts them in [0, 1].
-
-Randomness: the switch schedule is drawn once from the seed; task j's mode and classes come from the stateless key
-fold(seed, j), and step t's images from fold(seed, t). So step t is a pure function of (seed, t): the stream is
-deterministic, independent of tf.data parallelism, and resumes at step t with `dataset(start=t)`.
-
-All three datasets are small (~120 MB as uint8) and are held in memory in one CPU tf.Variable.
-
-`pretrain_dataset` gives OSAKA's pre-training tasks: Omniglot classes [0, 900) of the same order (validation:
-[900, 1000)), 10-way 5-shot 15-query; support images are drawn with replacement from images 0-9 of each class, query
-images with replacement from images 10-19; the classes of a task are distinct (without replacement; labels must name
-one class each), labelled 0..9 in draw order.
+A step is 5 images with replacement of each of the task's 10 classes (labels 0..9 in draw order, re-drawn at every
+switch), class-major [50, 28, 28, 1]. Omniglot (convert with `--option split=osaka`) contributes every unrotated
+class of every split, in [0, 1]; MNIST / Fashion-MNIST their 'train' classes cut to equal counts, as raw 0-255 floats
+unless `scale_mnist`. Step t is a pure function of (seed, t), so `dataset(start=t)` resumes. All images (~120 MB
+uint8) live in one CPU tf.Variable.
 """
 import collections
 from typing import List, Optional, Sequence, Tuple
@@ -32,6 +15,7 @@ import tensorflow as tf
 
 from wtl_tf.data import episodes
 from wtl_tf.data import records
+from wtl_tf.errors import ConfigError
 
 OMNIGLOT, MNIST, FASHION_MNIST = 0, 1, 2
 MODE_NAMES = ('omniglot', 'mnist', 'fashion_mnist')
@@ -96,10 +80,8 @@ class _ImageTable:
     self.width = width
 
   def sample_with_replacement(self, group, rows, num, key, first=0, pool=None):
-    """uint8 [len(rows), num, ...]: per row, `num` images drawn uniformly with replacement.
-
-    Draws from images [first, first + pool) of each class (pool=None: all of it).
-    """
+    """uint8 [len(rows), num, ...]: per row, `num` images drawn uniformly with replacement from images
+    [first, first + pool) of each class (pool=None: from `first` on)."""
     counts = tf.gather(tf.constant(self.counts)[group], rows)
     size = counts - first if pool is None else tf.fill(tf.shape(rows), pool)
     uniform = tf.random.stateless_uniform(tf.stack([tf.size(rows), num]), key, dtype=tf.float64)
@@ -124,9 +106,9 @@ class OsakaStream:
                seed: int, p: float = 0.98, num_steps: int = 10000, mode_probs: Sequence[float] = (0.5, 0.25, 0.25),
                ways: int = 10, shots: int = 5, scale_mnist: bool = False, mnist_split: str = 'train'):
     if not 0.0 <= p <= 1.0:
-      raise ValueError(f'p must be a probability, got {p}')
+      raise ConfigError(f'p must be a probability, got {p}')
     if len(mode_probs) != 3 or abs(sum(mode_probs) - 1.0) > 1e-6 or min(mode_probs) < 0:
-      raise ValueError(f'mode_probs must be 3 probabilities summing to 1, got {mode_probs}')
+      raise ConfigError(f'mode_probs must be 3 probabilities summing to 1, got {mode_probs}')
     for spec in (omniglot, mnist, fashion_mnist):
       _check_shape(spec)
     self.seed, self.p, self.num_steps, self.ways, self.shots = int(seed), float(p), int(num_steps), ways, shots
@@ -207,7 +189,8 @@ def pretrain_dataset(omniglot: records.DatasetSpec, seed: int, class_range: Tupl
                      prefetch=tf.data.AUTOTUNE) -> tf.data.Dataset:
   """OSAKA's Omniglot pre-training (or, with class_range=(900, 1000), validation) tasks as episodes.Episode.
 
-  Episode i is a pure function of (seed, i), as in episodes.py. Images in [0, 1].
+  Distinct classes, images with replacement from the two pools (docs/ALGORITHMS.md 5.2), in [0, 1]; episode i is a
+  pure function of (seed, i).
   """
   _check_shape(omniglot)
   ids = omniglot_classes(omniglot)

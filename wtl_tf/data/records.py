@@ -1,7 +1,6 @@
 """Reads what pipelines/ writes: dataset_spec.json plus per-class TFRecords of PNG images.
 
-Errors name the file and say what to do: a missing spec points at the pipeline command, a truncated or corrupt
-record file is detected at read time, and a count that disagrees with the spec is refused.
+Errors (`DataError`) name the file and what to do: missing spec, truncated or corrupt records, counts unlike the spec.
 """
 import dataclasses
 import json
@@ -68,6 +67,15 @@ def _decode_fn(channels):
   return decode
 
 
+def _is_damaged(path) -> bool:
+  try:
+    for _ in tf.data.TFRecordDataset(path):
+      pass
+  except tf.errors.DataLossError:
+    return True
+  return False
+
+
 def read_files(files: Sequence[str], image_shape) -> Tuple[np.ndarray, np.ndarray]:
   """All images of the given record files as (uint8 [N,H,W,C], int64 [N]), in file order."""
   for f in files:
@@ -82,8 +90,9 @@ def read_files(files: Sequence[str], image_shape) -> Tuple[np.ndarray, np.ndarra
       images.append(x.numpy())
       labels.append(y.numpy())
   except tf.errors.DataLossError as e:
-    raise DataError(f'corrupt or truncated TFRecord among {", ".join(os.path.basename(f) for f in files)} '
-                    f'in {os.path.dirname(files[0])}: {e.message.splitlines()[0]}. Re-run the pipeline.') from None
+    names = [f for f in files if _is_damaged(f)] or files  # Name the file: a split may read thousands at once.
+    raise DataError(f'corrupt or truncated TFRecord {", ".join(os.path.basename(f) for f in names[:3])} '
+                    f'in {os.path.dirname(names[0])}: {e.message.splitlines()[0]}. Re-run the pipeline.') from None
   except tf.errors.InvalidArgumentError as e:
     raise DataError(f'undecodable record in {files}: {e.message.splitlines()[0]}') from None
   if not images:
@@ -105,10 +114,9 @@ def load_class(spec: DatasetSpec, split: str, class_id: int) -> np.ndarray:
 
 
 def load_classes(spec: DatasetSpec, items: Sequence[Tuple[str, int]]) -> np.ndarray:
-  """uint8 images of the (split, class id) pairs, concatenated in that order, read in one tf.data pass.
+  """uint8 images of the (split, class id) pairs, concatenated in order, each class checked against the spec.
 
-  One tf.data pipeline per class costs ~50 ms (over a minute for Omniglot's 1623 classes); this reads all files at
-  once and checks each class's count and labels against the spec.
+  One tf.data pass for all: a pipeline per class costs a start-up each, too much for Omniglot's 1623 classes.
   """
   files = [f for split, class_id in items for f in spec.files(split, class_id)]
   images, labels = read_files(files, spec.image_shape)

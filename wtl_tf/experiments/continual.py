@@ -1,35 +1,33 @@
-"""The continual-learning experiment (ALGORITHMS.md 4.1, 4.5): tasks in order, the TxT accuracy matrix, RA and BTI.
+"""The continual-learning experiment (docs/ALGORITHMS.md 4.1, 4.5): tasks in order, the TxT accuracy matrix, RA and BTI.
 
 For each learner: stream every task's training samples in batches of `batch_size` (`epochs` passes per task; the
 first pass writes the memories), then test on every task's test set to fill row t of R. At the end
 
     RA  = mean_j R[T-1][j]              BTI = mean_j (R[T-1][j] - R[j][j])   (over all T; the last term is 0)
 
-Run directory (ARCHITECTURE.md): operative_config.gin, metrics.jsonl, tensorboard/, checkpoints/, results.json and
+Run directory (docs/ARCHITECTURE.md): operative_config.gin, metrics.jsonl, tensorboard/, checkpoints/, results.json and
 sparsity.png. With several learners (the quickstart compares two) each gets its own sub-directory and the top level
-holds comparison.json and a side-by-side sparsity.png. A run is checkpointed after every task; rerunning the same
-command resumes after the last finished task.
+holds comparison.json and a side-by-side sparsity.png. A run is checkpointed after every task (weights, RNG and
+progress as one unit, wtl_tf/rundir.py); rerunning the same command resumes after the last finished task, and
+refuses to under other settings.
 """
 import inspect
-import json
 import math
 import os
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import gin
 import numpy as np
 from tqdm import tqdm
 
-from wtl_tf import plots, summaries
+from wtl_tf import plots, rundir, summaries
 from wtl_tf.data import continual as continual_data
+from wtl_tf.errors import ConfigError
 from wtl_tf.models.mlp import mlp
 
 SETTING = 'continual'
-
-
-class TrainingDiverged(RuntimeError):
-  """A NaN or infinite loss; the last checkpoint (end of the previous task) is kept."""
+TrainingDiverged = rundir.TrainingDiverged
 
 
 def ra_bti(acc_matrix: np.ndarray):
@@ -37,31 +35,6 @@ def ra_bti(acc_matrix: np.ndarray):
   r = np.asarray(acc_matrix, np.float64)
   final = r[-1]
   return float(final.mean()), float(np.mean(final - np.diag(r)))
-
-
-# -- checkpoints ---------------------------------------------------------------------------------------
-
-def _save_checkpoint(directory, learner, progress):
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, 'last.tmp.npz')
-  np.savez(tmp, **learner.state())
-  os.replace(tmp, os.path.join(directory, 'last.npz'))
-  progress = dict(progress, rng=learner.rng.bit_generator.state)
-  with open(os.path.join(directory, 'last.tmp.json'), 'w', encoding='utf-8') as f:
-    json.dump(progress, f)
-  os.replace(os.path.join(directory, 'last.tmp.json'), os.path.join(directory, 'last.json'))
-
-
-def _load_checkpoint(directory, learner) -> Optional[dict]:
-  path = os.path.join(directory, 'last.json')
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    progress = json.load(f)
-  with np.load(os.path.join(directory, 'last.npz')) as state:
-    learner.restore(dict(state))
-  learner.rng.bit_generator.state = progress.pop('rng')
-  return progress
 
 
 # -- one learner -------------------------------------------------------------------------------------
@@ -83,12 +56,26 @@ def build_learner(factory: Callable, tasks: List[continual_data.Task], model_fn:
 def train_one(name: str, learner, tasks: List[continual_data.Task], workdir: str, benchmark_name: str,
               seed: int, epochs: int, batch_size: int, log_every: int, show_progress: bool) -> dict:
   """Trains one learner over all tasks (resuming if a checkpoint exists) and writes its results.json."""
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  progress = _load_checkpoint(ckpt_dir, learner) or {
-      'tasks_done': 0, 'step': 0, 'acc_matrix': [], 'curve': {'x': [], 'sparsity': []}, 'seconds': 0.0}
-  if progress['tasks_done'] == len(tasks) and os.path.exists(os.path.join(workdir, 'results.json')):
-    with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:
-      return json.load(f)
+  run_dir = rundir.RunDir(workdir)
+  with run_dir.lock():
+    run_dir.check_identity(rundir.identity(dict(learner=learner, name=name, benchmark=benchmark_name,
+                                                tasks=[t.descriptor for t in tasks], seed=seed, epochs=epochs,
+                                                batch_size=batch_size)))
+    run_dir.write_operative_config()
+    return _train_one(run_dir, name, learner, tasks, benchmark_name, seed, epochs, batch_size, log_every,
+                      show_progress)
+
+
+def _train_one(run_dir, name, learner, tasks, benchmark_name, seed, epochs, batch_size, log_every, show_progress):
+  workdir, ckpt_dir = run_dir.path, run_dir.file('checkpoints')
+  progress = {'tasks_done': 0, 'step': 0, 'acc_matrix': [], 'curve': {'x': [], 'sparsity': []}, 'seconds': 0.0}
+  resumed = run_dir.resume(learner)
+  if resumed is not None:
+    progress = resumed
+    learner.rng.bit_generator.state = progress.pop('rng')
+  finished = run_dir.results()
+  if progress['tasks_done'] == len(tasks) and finished is not None:
+    return finished
   if progress['tasks_done']:
     print(f'{name}: resuming after task {progress["tasks_done"]} of {len(tasks)}', flush=True)
   log = summaries.Summaries(workdir)
@@ -97,7 +84,6 @@ def train_one(name: str, learner, tasks: List[continual_data.Task], workdir: str
              desc=name, unit='batch', disable=not show_progress, dynamic_ncols=True, leave=True)
   step = progress['step']
   start = time.time() - progress['seconds']
-  order_rng = np.random.default_rng([seed, 1])
   for t in range(progress['tasks_done'], len(tasks)):
     task = tasks[t]
     for epoch in range(epochs):
@@ -131,9 +117,9 @@ def train_one(name: str, learner, tasks: List[continual_data.Task], workdir: str
     log.log(step, 'eval', None, float(np.mean(row[:t + 1])), sparsity, task=t, acc_row=row,
             acc_current=row[t])
     log.histograms(step, 'S(m)', learner.modulations())
-    log.histograms(step, 'm', learner.mask_logits())
+    log.histograms(step, 'm', learner.named_mask_logits())
     progress.update(tasks_done=t + 1, step=step, seconds=time.time() - start)
-    _save_checkpoint(ckpt_dir, learner, progress)
+    run_dir.save_checkpoint(learner.state(), dict(progress, rng=learner.rng.bit_generator.state))
   bar.close()
   log.close()
   acc = np.array(progress['acc_matrix'])
@@ -144,8 +130,7 @@ def train_one(name: str, learner, tasks: List[continual_data.Task], workdir: str
       'num_tasks': len(tasks), 'epochs': epochs, 'wall_seconds': progress['seconds'],
       'task_descriptors': [t.descriptor for t in tasks], 'sparsity_curve': progress['curve'],
   }
-  with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
-    json.dump(result, f, indent=1)
+  run_dir.write_results(result)
   plots.sparsity_over_time({name: _by_group(progress['curve']['sparsity'])}, {name: progress['curve']['x']},
                            os.path.join(workdir, 'sparsity.png'), title=f'{benchmark_name}: sparsity per group')
   return result
@@ -164,30 +149,32 @@ def run_continual(workdir: str, benchmark: continual_data.Benchmark = gin.REQUIR
                   epochs: int = 1, batch_size: int = 10, log_every: int = 10, show_progress: bool = True) -> dict:
   """Runs every learner on the benchmark; returns {learner name: results}. Prints RA, BTI and sparsity."""
   if not isinstance(epochs, int) or epochs < 1:
-    raise ValueError(f'run_continual.epochs must be a positive int, got {epochs!r}')
+    raise ConfigError(f'run_continual.epochs must be a positive int, got {epochs!r}')
   if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f'run_continual.batch_size must be a positive int, got {batch_size!r}')
+    raise ConfigError(f'run_continual.batch_size must be a positive int, got {batch_size!r}')
   if not learners:
-    raise ValueError('run_continual.learners is empty: bind at least one learner')
+    raise ConfigError('run_continual.learners is empty: bind at least one learner')
   tasks = benchmark.load()
   print(f'{benchmark.name}: {len(tasks)} tasks x {len(tasks[0].train_x)} training samples, '
         f'{len(tasks[0].test_x)} test samples per task; {tasks[0].descriptor} ... {tasks[-1].descriptor}',
         flush=True)
   # Every learner is built before any training, so a bad setting fails before hours of work.
   built = {name: build_learner(factory, tasks, model_fn, seed, batch_size) for name, factory in learners.items()}
-  results = {}
-  for name, learner in built.items():
-    run_dir = workdir if len(learners) == 1 else os.path.join(workdir, name)
-    results[name] = train_one(name, learner, tasks, run_dir, benchmark.name, seed, epochs, batch_size, log_every,
-                              show_progress)
-  print(format_table(results))
-  if len(learners) > 1:
-    with open(os.path.join(workdir, 'comparison.json'), 'w', encoding='utf-8') as f:
-      json.dump({n: {k: r[k] for k in ('ra', 'bti', 'sparsity', 'wall_seconds')} for n, r in results.items()}, f,
-                indent=1)
-    plots.sparsity_over_time({n: _by_group(r['sparsity_curve']['sparsity']) for n, r in results.items()},
-                             {n: r['sparsity_curve']['x'] for n, r in results.items()},
-                             os.path.join(workdir, 'sparsity.png'), title=f'{benchmark.name}: sparsity per group')
+  top = rundir.RunDir(workdir)
+  with top.lock():
+    top.write_operative_config()
+    results = {}
+    for name, learner in built.items():
+      run_dir = workdir if len(learners) == 1 else os.path.join(workdir, name)
+      results[name] = train_one(name, learner, tasks, run_dir, benchmark.name, seed, epochs, batch_size, log_every,
+                                show_progress)
+    print(format_table(results))
+    if len(learners) > 1:
+      top.write_json_atomic('comparison.json', {n: {k: r[k] for k in ('ra', 'bti', 'sparsity', 'wall_seconds')}
+                                                for n, r in results.items()})
+      plots.sparsity_over_time({n: _by_group(r['sparsity_curve']['sparsity']) for n, r in results.items()},
+                               {n: r['sparsity_curve']['x'] for n, r in results.items()},
+                               os.path.join(workdir, 'sparsity.png'), title=f'{benchmark.name}: sparsity per group')
   return results
 
 

@@ -1,15 +1,15 @@
-"""The few-shot experiment (ALGORITHMS.md 3): meta-training, model selection, final and cross-domain tests.
+"""The few-shot experiment (docs/ALGORITHMS.md 3): meta-training, model selection, final and cross-domain tests.
 
-Schedule (3.3). Epoch e = 1..epochs is `batches_per_epoch` meta-updates on freshly sampled tasks. After epoch e,
+Schedule (docs/ALGORITHMS.md 3.3). Epoch e = 1..epochs is `batches_per_epoch` meta-updates on freshly sampled tasks. After epoch e,
 validation runs on `num_val_episodes` tasks if (e % val_after == 0 and e > val_start) or e is the last epoch. If it
 improves on the best validation accuracy so far and e > test_start, the model is tested on `num_test_episodes`
 tasks and saved as the best checkpoint. The reference draws fresh random val/test tasks each time; here both sets are
 fixed (drawn once with `eval_seed`), so epochs are compared on the same tasks. At the end the best checkpoint (the
-last model if none was saved) is tested on `num_final_episodes` fixed evaluation episodes (STYLE.md's 600, a
-documented deviation from the reference's 500 random tasks), reported as the mean and a 95% normal confidence
-interval, and on the test split of every `cross_domain` dataset (Table 4) with the same N, shots, K, alpha and masks.
+last model if none was saved) is tested on `num_final_episodes` fixed evaluation episodes (600 by default, a
+deviation from the reference's 500 random tasks, docs/ALGORITHMS.md 3.3), reported as the mean and a 95% normal
+confidence interval, and on the test split of every `cross_domain` dataset (Table 4) with the same N, shots, K, alpha and masks.
 
-Run directory (ARCHITECTURE.md): operative_config.gin (main.py), metrics.jsonl and tensorboard/ (train loss, accuracy
+Run directory (docs/ARCHITECTURE.md, wtl_tf/rundir.py): operative_config.gin, metrics.jsonl and tensorboard/ (train loss, accuracy
 and sparsity every `log_every` steps; val/test records; histograms of S(m) and m per group after every epoch),
 checkpoints/ (last.json and the state it names after every epoch and every `checkpoint_every` steps; best.npz), episodes/
 (the fixed evaluation sets as index files), sparsity.png and results.json.
@@ -18,13 +18,12 @@ Resuming: rerunning the same command continues from checkpoints/last. A checkpoi
 masks, both optimizers' slots and step counters, the step and the selection state. Tasks and sparse-MAML+ noise are
 pure functions of (seed, episode position), so there is no other RNG state: with `deterministic=True` on CPU a
 resumed run ends with exactly the results.json of an uninterrupted one (the timing lives in metrics.jsonl). That mode
-also runs one op at a time (inter-op threads 1): with ops side by side, some CPU kernels split their reductions
+also runs one op and one task at a time (inter-op threads 1, `tasks_in_flight` 1): with ops side by side, some CPU kernels split their reductions
 differently from process to process, so results would differ in the last bits (and then more) between processes.
 A NaN or infinite meta-loss stops the run before anything else is saved (TrainingDiverged); the last checkpoint
-stays the last good one.
+stays the last good one. Resuming under other settings is refused (wtl_tf/rundir.py: the run's identity).
 """
 import functools
-import json
 import math
 import os
 import sys
@@ -38,15 +37,14 @@ from tqdm import tqdm
 
 from wtl_tf import distribute
 from wtl_tf import plots
+from wtl_tf import rundir
 from wtl_tf import summaries
-from wtl_tf.learners import fewshot as fewshot_learners
+from wtl_tf.errors import ConfigError
+from wtl_tf.learners import fewshot as fewshot_learners  # noqa: F401  (registers the learners with gin)
 from wtl_tf.models.conv4 import conv4
 
 SETTING = 'fewshot'
-
-
-class TrainingDiverged(ValueError):
-  """A NaN or infinite meta-loss. A ValueError so that main.py reports it as one line (the run wrote no results)."""
+TrainingDiverged = rundir.TrainingDiverged
 
 
 def mean_ci95(values) -> (float, float):
@@ -59,65 +57,25 @@ def mean_ci95(values) -> (float, float):
 
 # -- checkpoints ------------------------------------------------------------------------------------------------
 
-def _write_npz(path, arrays):
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def _write_json(path, value):
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def _read_npz(path):
-  with np.load(path) as data:
-    return dict(data)
-
-
 class Checkpoints:
-  """checkpoints/last.json + the state file it names (resume), checkpoints/best.npz (model selection).
+  """checkpoints/last.json + the state file it names (resume, wtl_tf/rundir.py), checkpoints/best.npz (selection)."""
 
-  A state file is written under a new name first and last.json (replaced atomically) then points to it, so a kill at
-  any moment leaves a consistent pair. Only the chief writes.
-  """
-
-  def __init__(self, directory: str, writer: bool):
-    self.directory, self.writer = directory, writer
-    if writer:
-      os.makedirs(directory, exist_ok=True)
+  def __init__(self, run_dir: rundir.RunDir):
+    self.run_dir = run_dir
 
   def path(self, name):
-    return os.path.join(self.directory, name)
-
-  def load_last(self, learner) -> Optional[dict]:
-    if not os.path.exists(self.path('last.json')):
-      return None
-    with open(self.path('last.json'), encoding='utf-8') as f:
-      progress = json.load(f)
-    learner.restore(_read_npz(self.path(progress.pop('state_file'))))
-    return progress
+    return self.run_dir.file(os.path.join('checkpoints', name))
 
   def save_last(self, learner, progress):
-    if not self.writer:
-      return
-    state_file = f'state-{progress["step"]}.npz'
-    _write_npz(self.path(state_file), learner.state())
-    _write_json(self.path('last.json'), dict(progress, state_file=state_file))
-    for name in os.listdir(self.directory):  # Older state files are no longer referenced.
-      if name.startswith('state-') and name != state_file:
-        os.remove(self.path(name))
+    self.run_dir.save_checkpoint(learner.state(), progress)
 
   def save_best(self, learner):
-    if self.writer:
-      _write_npz(self.path('best.npz'), learner.state(with_optimizers=False))
+    self.run_dir.write_npz_atomic('checkpoints/best.npz', learner.state(with_optimizers=False))
 
   def load_best(self, learner) -> bool:
     if not os.path.exists(self.path('best.npz')):
       return False
-    learner.restore(_read_npz(self.path('best.npz')))
+    learner.restore(self.run_dir.read_npz('checkpoints/best.npz'))
     return True
 
 
@@ -144,7 +102,7 @@ def evaluate(learner, episodes, batch_size: int, split: str, desc: str = '', sho
 def _check_positive(**values):
   for key, value in values.items():
     if not isinstance(value, int) or value < 1:
-      raise ValueError(f'run_fewshot.{key} must be a positive int, got {value!r}')
+      raise ConfigError(f'run_fewshot.{key} must be a positive int, got {value!r}')
 
 
 @gin.configurable
@@ -178,8 +136,8 @@ def run_fewshot(workdir: str, data=gin.REQUIRED, learner: Callable = gin.REQUIRE
     eval_seed: seed of the fixed evaluation sets (shared by all run seeds).
     episodes_dir: where fixed evaluation sets are stored (default <workdir>/episodes; share it between runs).
     strategy: tf.distribute strategy (wtl_tf.distribute.make_strategy); default no distribution.
-    deterministic: op determinism and one inter-op thread (CPU, non-XLA runs: XLA rejects MaxPoolGrad then);
-      bit-identical results across processes, e.g. for a resumed run. Slower for many small tasks.
+    deterministic: op determinism, one inter-op thread and one task in flight (CPU, non-XLA runs: XLA rejects
+      MaxPoolGrad then); bit-identical results across processes, e.g. for a resumed run. Slower.
     log_every: steps between train records in metrics.jsonl (the progress bar updates every step).
     checkpoint_every: steps between extra checkpoints inside an epoch (None: end of epochs only).
     show_progress: tqdm progress bar.
@@ -203,30 +161,54 @@ def run_fewshot(workdir: str, data=gin.REQUIRED, learner: Callable = gin.REQUIRE
   strategy = strategy or tf.distribute.get_strategy()
   replicas = strategy.num_replicas_in_sync
   if meta_batch_size % replicas:
-    raise ValueError(f'run_fewshot.meta_batch_size={meta_batch_size} is not a multiple of the {replicas} replicas')
+    raise ConfigError(f'run_fewshot.meta_batch_size={meta_batch_size} is not a multiple of the {replicas} replicas')
   eval_batch_size = eval_batch_size or replicas * math.ceil(meta_batch_size / replicas)
   if eval_batch_size % replicas:
-    raise ValueError(f'run_fewshot.eval_batch_size={eval_batch_size} is not a multiple of the {replicas} replicas')
+    raise ConfigError(f'run_fewshot.eval_batch_size={eval_batch_size} is not a multiple of the {replicas} replicas')
   image_shape = tuple(data.image_shape)
   for name, other in cross_domain.items():
     if tuple(other.image_shape) != image_shape:
-      raise ValueError(f'cross-domain dataset {name!r} has images {tuple(other.image_shape)}, the model takes '
+      raise ConfigError(f'cross-domain dataset {name!r} has images {tuple(other.image_shape)}, the model takes '
                        f'{image_shape}')
   built = learner(model_fn=functools.partial(model_fn, input_shape=image_shape, num_classes=ways, seed=seed),
                   strategy=strategy, seed=seed)
   built.set_global_batch(meta_batch_size)
   if deterministic:
     if built.jit_compile:
-      raise ValueError('run_fewshot.deterministic needs FewShotLearner.jit_compile=False: under op determinism XLA '
+      raise ConfigError('run_fewshot.deterministic needs FewShotLearner.jit_compile=False: under op determinism XLA '
                        'refuses MaxPoolGrad')
     tf.config.experimental.enable_op_determinism()
+    # Tasks running side by side made results differ between processes even with one inter-op and one intra-op
+    # thread and oneDNN off (three Omniglot runs, three results); one task at a time reproduced them exactly.
+    built.tasks_in_flight = 1
   if build_only:
     return {'learner': built, 'data': data, 'cross_domain': cross_domain, 'strategy': strategy, 'ways': ways,
             'shots': shots, 'queries': queries, 'meta_batch_size': meta_batch_size}
 
-  chief = distribute.is_chief(strategy)
-  out_dir = workdir if chief else os.path.join(workdir, f'.worker{distribute.worker_id(strategy)}')
-  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints'), writer=chief)
+  run_dir = rundir.RunDir(workdir, writer=distribute.is_chief(strategy))
+  with run_dir.lock():
+    run_dir.check_identity(rundir.identity(dict(
+        learner=built, data=data, model_fn=model_fn, cross_domain=cross_domain, ways=ways, shots=shots,
+        queries=queries, meta_batch_size=meta_batch_size, epochs=epochs, batches_per_epoch=batches_per_epoch,
+        val_after=val_after, val_start=val_start, test_start=test_start, num_val_episodes=num_val_episodes,
+        num_test_episodes=num_test_episodes, num_final_episodes=num_final_episodes,
+        splits=(train_split, val_split, test_split), augment=augment, seed=seed, eval_seed=eval_seed,
+        deterministic=deterministic)))
+    run_dir.write_operative_config()
+    return _run(run_dir, built, data, cross_domain, ways, shots, queries, meta_batch_size, epochs, batches_per_epoch,
+                val_after, val_start, test_start, num_val_episodes, num_test_episodes, num_final_episodes,
+                eval_batch_size, train_split, val_split, test_split, augment, seed, eval_seed, episodes_dir,
+                deterministic, log_every, checkpoint_every, show_progress)
+
+
+def _run(run_dir, built, data, cross_domain, ways, shots, queries, meta_batch_size, epochs, batches_per_epoch,
+         val_after, val_start, test_start, num_val_episodes, num_test_episodes, num_final_episodes, eval_batch_size,
+         train_split, val_split, test_split, augment, seed, eval_seed, episodes_dir, deterministic, log_every,
+         checkpoint_every, show_progress):
+  """run_fewshot once the learner is built and the run directory is held."""
+  workdir, chief = run_dir.path, run_dir.writer
+  out_dir = workdir if chief else os.path.join(workdir, f'.worker{distribute.worker_id(built.strategy)}')
+  checkpoints = Checkpoints(run_dir)
   episodes_dir = episodes_dir or os.path.join(workdir, 'episodes')
   show_progress = show_progress and chief
 
@@ -235,14 +217,13 @@ def run_fewshot(workdir: str, data=gin.REQUIRED, learner: Callable = gin.REQUIRE
   val_set = data.split(val_split, ways, shots, queries).fixed(eval_seed + 1, num_val_episodes, episodes_dir)
   test_set = data.split(test_split, ways, shots, queries).fixed(eval_seed + 2, num_test_episodes, episodes_dir)
 
-  progress = checkpoints.load_last(built) or {
+  progress = run_dir.resume(built) or {
       'step': 0, 'epoch': 0, 'best_val': None, 'best_epoch': None, 'test_at_best': None, 'sparsity_at_best': None,
       'history': [], 'sparsity_curve': {'epoch': [], 'sparsity': []}}
   total_steps = epochs * batches_per_epoch
-  result_path = os.path.join(workdir, 'results.json')
-  if progress['step'] >= total_steps and os.path.exists(result_path):
-    with open(result_path, encoding='utf-8') as f:
-      return json.load(f)
+  finished = run_dir.results()
+  if progress['step'] >= total_steps and finished is not None:
+    return finished
   if progress['step']:
     print(f'{built.name}: resuming at step {progress["step"]} of {total_steps} (epoch {progress["epoch"]})',
           flush=True)
@@ -256,8 +237,9 @@ def run_fewshot(workdir: str, data=gin.REQUIRED, learner: Callable = gin.REQUIRE
                     eval_seed, num_final_episodes, episodes_dir, eval_batch_size, seed, show_progress)
   finally:
     log.close()
+  result['deterministic'] = deterministic
   if chief:
-    _write_json(result_path, result)
+    run_dir.write_results(result, sort_keys=True)
     _plot_sparsity(workdir, built.name, built.group_names(),
                    f'{data.name} {ways}-way {shots}-shot: sparsity per group')
   print(format_result(result), flush=True)
@@ -301,7 +283,7 @@ def _train(learner, train, val_set, test_set, progress, checkpoints, log, seed, 
             f'stopped without saving, so {checkpoints.path("last.json")} (step {progress["step"]}) is the last good '
             f'checkpoint. Lower the learning rates or set FewShotLearner.clamp_outer_gradients.')
       step += 1
-      last_position = step * meta_batch_size - 1  # The epoch's sparsity comes from its last task (1.9).
+      last_position = step * meta_batch_size - 1  # The epoch's sparsity comes from its last task (docs/ALGORITHMS.md 1.9).
       if step % log_every == 0 or step % batches_per_epoch == 0:
         spars = learner.sparsity(position=last_position)
         sparsity = spars['overall']
@@ -326,7 +308,7 @@ def _end_of_epoch(learner, epoch, step, last_position, val_set, test_set, progre
   progress['sparsity_curve']['epoch'].append(epoch)
   progress['sparsity_curve']['sparsity'].append(spars)
   log.histograms(step, 'S(m)', learner.modulations(position=last_position))
-  log.histograms(step, 'm', learner.mask_logits())
+  log.histograms(step, 'm', learner.named_mask_logits())
   if (epoch % val_after == 0 and epoch > val_start) or epoch == epochs:
     val = evaluate(learner, val_set, eval_batch_size, 'val', desc=f'val {epoch}', show_progress=show_progress)
     record = {'epoch': epoch, 'val_accuracy': val['accuracy'], 'val_ci95': val['ci95']}

@@ -1,4 +1,4 @@
-"""The online-learning experiment (OSAKA / continual-MAML, ALGORITHMS.md 5, Table 6).
+"""The online-learning experiment (OSAKA / continual-MAML, docs/ALGORITHMS.md 5, Table 6).
 
     1. data: OSAKA's Omniglot order (`--option split=osaka`), MNIST and Fashion-MNIST, converted on first use;
     2. pre-training (optional, cached and shared across stream seeds; wtl_tf/experiments/online_pretrain.py);
@@ -9,18 +9,18 @@
 Cumulative accuracy = the mean of the per-step accuracies over all T steps; per-dataset accuracy = the same mean over
 the steps of each mode (Omniglot, MNIST, Fashion-MNIST).
 
-Run directory (ARCHITECTURE.md): operative_config.gin, metrics.jsonl and tensorboard/ (every `log_every` steps: the
+Run directory (docs/ARCHITECTURE.md): operative_config.gin, metrics.jsonl and tensorboard/ (every `log_every` steps: the
 window's loss and accuracy, cumulative accuracy, sparsity per group and overall, S(m) and m histograms), checkpoints/,
 results.json (setting 'online': cumulative_accuracy, per_dataset, num_steps, sparsity, boundary detection, timings),
 stream.npz (every step's accuracy, loss, mode, true switch, detected boundary, meta-update) and online_accuracy.png
 (accuracy over time with the task switches marked, and sparsity per group when the learner has masks).
 
 Checkpoints: the whole learner state (theta, m, optimizer slots, fast weights phi and the buffered steps) plus the
-per-step records are written every `checkpoint_every` steps and at the end; rerunning the same command resumes from
-the last one. The stream is a pure function of (seed, step), so a resumed run sees exactly the steps it would have.
+per-step records are written every `checkpoint_every` steps and at the end, as one unit (wtl_tf/rundir.py); rerunning
+the same command resumes from the last one, and refuses to under other settings. The stream is a pure function of
+(seed, step), so a resumed run sees exactly the steps it would have.
 """
 import functools
-import json
 import math
 import os
 import time
@@ -31,29 +31,27 @@ import numpy as np
 from tqdm import tqdm
 
 from wtl_tf import modulation as modulation_lib
-from wtl_tf import plots, summaries
+from wtl_tf import plots, rundir, summaries
 from wtl_tf.data import osaka
 from wtl_tf.data import prepare
 from wtl_tf.data import records
+from wtl_tf.errors import ConfigError
 from wtl_tf.experiments import online_pretrain
 from wtl_tf.models.conv4 import conv4
 
 SETTING = 'online'
 TRACE_KEYS = ('accuracy', 'loss', 'mode', 'switch', 'tbd', 'meta_update')  # Recorded at every stream step.
 OSAKA_OMNIGLOT_OPTIONS = {'split': 'osaka'}
-
-
-class TrainingDiverged(RuntimeError):
-  """A NaN or infinite loss on the stream; the last checkpoint is kept."""
+TrainingDiverged = rundir.TrainingDiverged
 
 
 @gin.register
 def osaka_convnet(seed: int = 0, hidden_size: int = 64, first_conv_by_patches: bool = True):
-  """OSAKA's ConvNet (ALGORITHMS.md 2.4): ConvNet-4 with biases on 28x28x1, 64 features, 10 outputs.
+  """OSAKA's ConvNet (docs/ALGORITHMS.md 2.4): ConvNet-4 with biases on 28x28x1, 64 features, 10 outputs.
 
   `first_conv_by_patches` computes the 1-channel first convolution as patches times kernel (the same function, see
-  `layers.Conv2DByPatches`): TensorFlow's filter gradient for it was the slowest kernel of the step on CPU, and an
-  8-step adaptation went from 111 to 92 ms (docs/PERFORMANCE.md).
+  `layers.Conv2DByPatches`): TensorFlow's filter gradient for it was the slowest kernel of the step on CPU (figures in
+  docs/PERFORMANCE.md).
   """
   return conv4(input_shape=osaka.IMAGE_SHAPE, num_classes=10, hidden_size=hidden_size, seed=seed,
                first_conv_by_patches=first_conv_by_patches)
@@ -79,34 +77,6 @@ def load_specs(omniglot_records: Optional[str] = None, mnist_records: Optional[s
     print(f'warning: the Omniglot records in {specs["omniglot"].root} were converted with split={split!r}, not '
           f'split=osaka: class order and pixel convention may differ from OSAKA\'s', flush=True)
   return specs
-
-
-# -- checkpoints -----------------------------------------------------------------------------------------
-
-def _save_checkpoint(directory, learner, progress):
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, 'last.tmp.npz')
-  np.savez(tmp, **learner.state())
-  os.replace(tmp, os.path.join(directory, 'last.npz'))
-  progress = dict(progress, learner_stream=learner.stream_info())
-  with open(os.path.join(directory, 'last.tmp.json'), 'w', encoding='utf-8') as f:
-    json.dump(progress, f)
-  os.replace(os.path.join(directory, 'last.tmp.json'), os.path.join(directory, 'last.json'))
-
-
-def _load_checkpoint(directory, learner, identity) -> Optional[dict]:
-  path = os.path.join(directory, 'last.json')
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    progress = json.load(f)
-  if progress.get('identity') != identity:
-    raise ValueError(f'{directory} holds a checkpoint of another run ({progress.get("identity")}, this one is '
-                     f'{identity}); use another --workdir')
-  with np.load(os.path.join(directory, 'last.npz')) as state:
-    learner.restore(dict(state))
-  learner.restore_stream_info(progress.pop('learner_stream'))
-  return progress
 
 
 # -- metrics ---------------------------------------------------------------------------------------------
@@ -154,17 +124,17 @@ def run_online(workdir: str, learner: Callable = gin.REQUIRED, p: float = 0.98, 
     model_fn: builds the network, called with seed=.
     omniglot_records, mnist_records, fashion_mnist_records: prepared records (default: the cache, converting raw data
       from $WTL_DATA_DIR on first use; Omniglot with `--option split=osaka`).
-    scale_mnist: put MNIST/Fashion-MNIST in [0, 1] (OSAKA keeps them at 0-255, gotcha 17).
+    scale_mnist: put MNIST/Fashion-MNIST in [0, 1] (OSAKA keeps them at 0-255, docs/ALGORITHMS.md gotcha 17).
     log_every: steps between metrics.jsonl / TensorBoard records.
     checkpoint_every: steps between checkpoints.
   """
   if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-    raise ValueError(f'run_online.num_steps must be a positive int: the stream is empty with num_steps={num_steps!r}')
+    raise ConfigError(f'run_online.num_steps must be a positive int: the stream is empty with num_steps={num_steps!r}')
   if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-    raise ValueError(f'run_online.p must be a probability in [0, 1], got {p!r}')
+    raise ConfigError(f'run_online.p must be a probability in [0, 1], got {p!r}')
   for key, value in (('log_every', log_every), ('checkpoint_every', checkpoint_every)):
     if not isinstance(value, int) or value < 1:
-      raise ValueError(f'run_online.{key} must be a positive int, got {value!r}')
+      raise ConfigError(f'run_online.{key} must be a positive int, got {value!r}')
   specs = load_specs(omniglot_records, mnist_records, fashion_mnist_records)
   stream = osaka.OsakaStream(specs['omniglot'], specs['mnist'], specs['fashion_mnist'], seed=seed, p=float(p),
                              num_steps=num_steps, scale_mnist=scale_mnist)
@@ -175,24 +145,30 @@ def run_online(workdir: str, learner: Callable = gin.REQUIRED, p: float = 0.98, 
   name = the_learner.name
   print(f'{name}: OSAKA stream, p={p}, T={num_steps}, seed {seed}: {int(stream.task_index[-1]) + 1} tasks, modes '
         f'{np.bincount(stream.task_modes(), minlength=3).tolist()} (Omniglot, MNIST, Fashion-MNIST)', flush=True)
-  log = summaries.Summaries(workdir)
-  try:
-    return _run(workdir, the_learner, stream, specs, pretraining, pretrain_cache, p, seed, log, log_every,
-                checkpoint_every, show_progress)
-  finally:
-    log.close()
+  run_dir = rundir.RunDir(workdir)
+  with run_dir.lock():
+    run_dir.check_identity(rundir.identity(dict(
+        learner=the_learner, p=float(p), seed=int(seed), num_steps=num_steps, pretraining=pretraining,
+        model_fn=model_fn, scale_mnist=scale_mnist)))
+    run_dir.write_operative_config()
+    log = summaries.Summaries(workdir)
+    try:
+      return _run(run_dir, the_learner, stream, specs, pretraining, pretrain_cache, p, seed, log, log_every,
+                  checkpoint_every, show_progress)
+    finally:
+      log.close()
 
 
-def _run(workdir, learner, stream, specs, pretraining, pretrain_cache, p, seed, log, log_every, checkpoint_every,
+def _run(run_dir, learner, stream, specs, pretraining, pretrain_cache, p, seed, log, log_every, checkpoint_every,
          show_progress):
   name, num_steps = learner.name, stream.num_steps
-  identity = {'learner': name, 'p': float(p), 'seed': int(seed), 'num_steps': num_steps}
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  progress = _load_checkpoint(ckpt_dir, learner, identity)
-  results_path = os.path.join(workdir, 'results.json')
-  if progress and progress['step'] == num_steps and os.path.exists(results_path):
-    with open(results_path, encoding='utf-8') as f:
-      return json.load(f)
+  ckpt_dir = run_dir.file('checkpoints')
+  progress = run_dir.resume(learner)
+  if progress is not None:
+    learner.restore_stream_info(progress.pop('learner_stream'))
+  finished = run_dir.results()
+  if progress and progress['step'] == num_steps and finished is not None:
+    return finished
   pretrain_info = None
   if pretraining is not None:
     if progress is None:
@@ -201,7 +177,7 @@ def _run(workdir, learner, stream, specs, pretraining, pretrain_cache, p, seed, 
     else:  # The checkpoint already holds the (pre-trained, then streamed) model.
       pretrain_info = progress['pretrain']
   if progress is None:
-    progress = {'identity': identity, 'step': 0, 'seconds': 0.0, 'trace': {k: [] for k in TRACE_KEYS},
+    progress = {'step': 0, 'seconds': 0.0, 'trace': {k: [] for k in TRACE_KEYS},
                 'curve': {'step': [], 'sparsity': [], 'accuracy': []},
                 'pretrain': _pretrain_summary(pretrain_info)}
   else:
@@ -235,10 +211,10 @@ def _run(workdir, learner, stream, specs, pretraining, pretrain_cache, p, seed, 
       window = []
     if done % checkpoint_every == 0 or done == num_steps:
       progress.update(step=done, seconds=time.time() - start_time)
-      _save_checkpoint(ckpt_dir, learner, progress)
+      run_dir.save_checkpoint(learner.state(), dict(progress, learner_stream=learner.stream_info()))
     bar.update(1)
   bar.close()
-  return _finish(workdir, learner, stream, progress, p, seed, time.time() - loop_start, start_step)
+  return _finish(run_dir, learner, stream, progress, p, seed, time.time() - loop_start, start_step)
 
 
 
@@ -262,13 +238,14 @@ def _log(log, learner, progress, window, done, element):
   mods = learner.modulations()
   if mods:
     log.histograms(done, 'S(m)', mods)
-    log.histograms(done, 'm', learner.mask_logits())
+    log.histograms(done, 'm', learner.named_mask_logits())
   progress['curve']['step'].append(done)
   progress['curve']['sparsity'].append(sparsity)
   progress['curve']['accuracy'].append(window_acc)
 
 
-def _finish(workdir, learner, stream, progress, p, seed, session_seconds, start_step):
+def _finish(run_dir, learner, stream, progress, p, seed, session_seconds, start_step):
+  workdir = run_dir.path
   trace = progress['trace']
   accuracy = np.asarray(trace['accuracy'], np.float64)
   modes = np.asarray(trace['mode'], np.int64)
@@ -294,11 +271,11 @@ def _finish(workdir, learner, stream, progress, p, seed, session_seconds, start_
       'step_sizes': learner.step_size_values(),
       'sparsity_curve': progress['curve'],
   }
-  np.savez_compressed(os.path.join(workdir, 'stream.npz'), accuracy=accuracy, modes=modes, switches=switches,
-                      detected=detected, meta_update=np.asarray(trace['meta_update']),
-                      loss=np.array([np.nan if v is None else v for v in trace['loss']], np.float64))
-  with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
-    json.dump(result, f, indent=1)
+  run_dir.write_npz_atomic('stream.npz', dict(
+      accuracy=accuracy, modes=modes, switches=switches, detected=detected,
+      meta_update=np.asarray(trace['meta_update']),
+      loss=np.array([np.nan if v is None else v for v in trace['loss']], np.float64)), compressed=True)
+  run_dir.write_results(result)
   curve = progress['curve']
   groups = [g for g in (curve['sparsity'][0] if curve['sparsity'] else {}) if g != 'overall']
   # A sparsity panel only for per-coordinate masks (C-MAML's per-tensor step sizes are never exactly 0).

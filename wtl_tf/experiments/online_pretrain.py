@@ -1,19 +1,11 @@
-"""OSAKA's pre-training (ALGORITHMS.md 5.2): MAML on Omniglot classes [0, 900), early stopping on [900, 1000).
+"""OSAKA's pre-training (docs/ALGORITHMS.md 5.2): MAML on Omniglot classes [0, 900), early stopping on [900, 1000).
 
-An epoch is `batches_per_epoch` meta-updates on fresh 10-way 5-shot 15-query tasks (drawn with replacement from
-images 0-9 / 10-19 of each class), then the mean query accuracy after adaptation on `val_batches` validation
-meta-batches. The best epoch's model (theta, BN statistics, m and the optimizer state, which the stream continues
-from as in OSAKA) is kept; training stops once `patience` epochs in a row fail to beat it, or after `max_epochs`.
-
-Validation tasks are the same every epoch (OSAKA draws new ones each time): model selection then compares epochs on
-equal terms. Training tasks of epoch e are episodes e*B*batches .. of the seeded stream, so an epoch is a pure
-function of (seed, e) and an interrupted pre-training resumes after its last finished epoch.
-
-The result is cached under `<cache>/<learner name>-<key>/`, where the key hashes everything that determines it
-(learner class, modulation, inner loop, optimizers, model, these settings, the Omniglot conversion), so every stream
-seed of a setting shares one pre-trained model, as in OSAKA:
-  pretrained.npz   the best model with optimizer state        pretrain.json   settings, per-epoch history, best epoch
-  progress.npz / progress.json                                the current epoch's state, for resuming
+Each epoch is a pure function of (seed, epoch), so an interrupted run resumes after its last finished epoch. The best
+model, optimizer state included, is cached in a wtl_tf/rundir.RunDir `<cache>/<learner name>-<key>/` shared by all
+stream seeds (a second process waits, then reuses it). The key hashes `cache_settings`: the built learner as
+wtl_tf/rundir.describe sees it (not gin bindings, so library callers get the same key and new attributes count with
+no list to update), the model's architecture and initial weights, these settings and the Omniglot conversion. Files:
+pretrained.npz (best model), pretrain.json (settings, history, best epoch), progress.json + its state file (resume).
 """
 import dataclasses
 import hashlib
@@ -26,17 +18,18 @@ import gin
 import numpy as np
 from tqdm import tqdm
 
+from wtl_tf import rundir
 from wtl_tf.data import osaka
 from wtl_tf.data import records
-from wtl_tf.learners.online import base as online_base
+from wtl_tf.errors import ConfigError
 
-VERSION = 1  # Bump when the pre-training procedure changes, so old caches are not reused.
+VERSION = 2  # Bump when the pre-training procedure changes, so old caches are not reused.
 
 
 @gin.register
 @dataclasses.dataclass(frozen=True)
 class Pretraining:
-  """Settings of OSAKA's pre-training (ALGORITHMS.md 5.2, 5.4).
+  """Settings of OSAKA's pre-training (docs/ALGORITHMS.md 5.2, 5.4).
 
   Attributes:
     meta_batch_size: tasks per meta-update (OSAKA's batch_size: 4 at p=0.98, 8 at p=0.9).
@@ -62,22 +55,12 @@ class Pretraining:
   val_classes: tuple = (900, 1000)
 
   def __post_init__(self):
-    online_base.check_positive_int('Pretraining', meta_batch_size=self.meta_batch_size,
-                                   batches_per_epoch=self.batches_per_epoch, val_batches=self.val_batches,
-                                   ways=self.ways, shots=self.shots, queries=self.queries)
-    if not isinstance(self.max_epochs, int) or self.max_epochs < 0:
-      raise ValueError(f'Pretraining.max_epochs must be an int >= 0, got {self.max_epochs!r}')
-    if not isinstance(self.patience, int) or self.patience < 0:
-      raise ValueError(f'Pretraining.patience must be an int >= 0, got {self.patience!r}')
-
-
-def _optimizer_config(optimizer):
-  if optimizer is None:
-    return None
-  config = dict(optimizer.get_config())
-  config.pop('name', None)
-  return {'class': type(optimizer).__name__, **{k: v for k, v in config.items() if isinstance(v, (int, float, str,
-                                                                                                 bool, type(None)))}}
+    for key in ('meta_batch_size', 'batches_per_epoch', 'val_batches', 'ways', 'shots', 'queries', 'max_epochs',
+                'patience'):
+      value, least = getattr(self, key), 0 if key in ('max_epochs', 'patience') else 1
+      if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ConfigError(f'Pretraining.{key} must be ' + ('an int >= 0' if least == 0 else 'a positive int') +
+                          f', got {value!r}')
 
 
 def cache_settings(learner, settings: Pretraining, omniglot: records.DatasetSpec) -> Dict[str, object]:
@@ -91,12 +74,7 @@ def cache_settings(learner, settings: Pretraining, omniglot: records.DatasetSpec
     model.update(np.ascontiguousarray(v.numpy()).tobytes())
   return {
       'version': VERSION,
-      'learner': type(learner).__name__,
-      'modulation': repr(learner.modulation),
-      'inner_loop': repr(learner.inner_loop),
-      'optimizer': _optimizer_config(learner.optimizer),
-      'mask_optimizer': _optimizer_config(learner.mask_optimizer),
-      'mask_seed': learner.seed,
+      'learner': rundir.describe(learner),
       'model': model.hexdigest(),
       'pretraining': dataclasses.asdict(settings),
       'omniglot': {'classes': len(omniglot.classes), 'options': omniglot.raw.get('options'),
@@ -113,24 +91,6 @@ def default_cache_root() -> str:
   return os.environ.get('WTL_PRETRAIN_DIR') or os.path.join(os.path.expanduser('~'), '.cache', 'wtl_tf', 'pretrained')
 
 
-def _write_json(path, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
-def _write_npz(path, arrays):
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def _load_npz(path):
-  with np.load(path) as data:
-    return dict(data)
-
-
 def pretrain(learner, omniglot: records.DatasetSpec, settings: Pretraining, cache_root: Optional[str] = None,
              show_progress: bool = True, log=None) -> Dict[str, object]:
   """Pre-trains `learner` (or loads the cached result) and leaves the best model in it; returns pretrain.json.
@@ -143,23 +103,27 @@ def pretrain(learner, omniglot: records.DatasetSpec, settings: Pretraining, cach
     log: optional wtl_tf.summaries.Summaries for per-epoch records (split 'pretrain').
   """
   directory = cache_dir(cache_root or default_cache_root(), learner, settings, omniglot)
-  info_path = os.path.join(directory, 'pretrain.json')
-  if os.path.exists(info_path):
-    with open(info_path, encoding='utf-8') as f:
-      info = json.load(f)
-    if info.get('done'):
-      learner.restore_model(_load_npz(os.path.join(directory, 'pretrained.npz')))
-      print(f'{learner.name}: using the pre-trained model in {directory} (best epoch {info["best_epoch"]}, '
-            f'validation accuracy {info["best_val_accuracy"]:.4f})', flush=True)
-      return dict(info, directory=directory, reused=True)
-  os.makedirs(directory, exist_ok=True)
+  cache = rundir.RunDir(directory)
+  with cache.lock(wait=True):  # Another process pre-training the same setting: wait for it, then reuse its model.
+    return _pretrain(cache, learner, omniglot, settings, show_progress, log)
+
+
+def _pretrain(cache, learner, omniglot, settings, show_progress, log):
+  directory = cache.path
+  info = cache.read_json('pretrain.json')
+  if info and info.get('done'):
+    learner.restore_model(cache.read_npz('pretrained.npz'))
+    print(f'{learner.name}: using the pre-trained model in {directory} (best epoch {info["best_epoch"]}, '
+          f'validation accuracy {info["best_val_accuracy"]:.4f})', flush=True)
+    return dict(info, directory=directory, reused=True)
   info = {'settings': cache_settings(learner, settings, omniglot), 'history': [], 'best_epoch': None,
           'best_val_accuracy': None, 'epochs_without_improvement': 0, 'done': False, 'seconds': 0.0}
-  progress_path = os.path.join(directory, 'progress.json')
-  if os.path.exists(progress_path):  # Resume after the last finished epoch.
-    with open(progress_path, encoding='utf-8') as f:
-      info = json.load(f)
-    learner.restore_model(_load_npz(os.path.join(directory, 'progress.npz')))
+  best = None  # The best epoch's model state.
+  loaded = cache.load_checkpoint('progress')
+  if loaded is not None:  # Resume after the last finished epoch.
+    state, info = loaded
+    learner.restore_model({k[len('current/'):]: v for k, v in state.items() if k.startswith('current/')})
+    best = {k[len('best/'):]: v for k, v in state.items() if k.startswith('best/')} or None
     print(f'{learner.name}: resuming pre-training after epoch {len(info["history"])}', flush=True)
   b = settings.meta_batch_size
   shape = dict(ways=settings.ways, shots=settings.shots, queries=settings.queries)
@@ -179,17 +143,19 @@ def pretrain(learner, omniglot: records.DatasetSpec, settings: Pretraining, cach
                   disable=not show_progress, leave=False, dynamic_ncols=True):
       out = learner.pretrain_step(next(train))
       if not np.isfinite(out['loss']):
-        raise FloatingPointError(f'{learner.name}: pre-training loss became {out["loss"]} in epoch {epoch + 1}; the '
-                                 f'state after epoch {epoch} in {directory} is kept. Lower the learning rate.')
+        raise rundir.TrainingDiverged(
+            f'{learner.name}: pre-training loss became {out["loss"]} in epoch {epoch + 1}; the state after epoch '
+            f'{epoch} in {directory} is kept. Lower the learning rate.')
       losses.append(out['loss'])
       accuracies.append(out['accuracy'])
     val_accuracy = float(np.mean([learner.evaluate_tasks(episodes) for episodes in val]))
     record = {'epoch': epoch + 1, 'train_loss': float(np.mean(losses)), 'train_accuracy': float(np.mean(accuracies)),
               'val_accuracy': val_accuracy, 'seconds': time.time() - start}
     improved = info['best_val_accuracy'] is None or val_accuracy > info['best_val_accuracy']
+    current = learner.model_state()
     if improved:
       info.update(best_epoch=epoch + 1, best_val_accuracy=val_accuracy, epochs_without_improvement=0)
-      _write_npz(os.path.join(directory, 'pretrained.npz'), learner.model_state())
+      best = current
     else:
       info['epochs_without_improvement'] += 1
     info['history'].append(record)
@@ -200,11 +166,12 @@ def pretrain(learner, omniglot: records.DatasetSpec, settings: Pretraining, cach
     if log is not None:
       log.log(epoch + 1, 'pretrain', record['train_loss'], val_accuracy, learner.sparsity(),
               train_accuracy=record['train_accuracy'])
-    _write_npz(os.path.join(directory, 'progress.npz'), learner.model_state())
-    _write_json(progress_path, info)
+    state = {f'current/{k}': v for k, v in current.items()}
+    state.update({f'best/{k}': v for k, v in best.items()})
+    cache.save_checkpoint(state, info, name='progress')
   info['done'] = True
-  if info['best_epoch'] is None:  # max_epochs = 0: the "pre-trained" model is the initialisation.
-    _write_npz(os.path.join(directory, 'pretrained.npz'), learner.model_state())
-  learner.restore_model(_load_npz(os.path.join(directory, 'pretrained.npz')))
-  _write_json(info_path, info)
+  best = best or learner.model_state()  # max_epochs = 0: the "pre-trained" model is the initialisation.
+  learner.restore_model(best)
+  cache.write_npz_atomic('pretrained.npz', best)
+  cache.write_json_atomic('pretrain.json', info)  # Last: `done` means pretrained.npz is complete.
   return dict(info, directory=directory, reused=False)

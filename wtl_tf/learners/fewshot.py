@@ -1,35 +1,14 @@
-"""Few-shot meta-learners on the one modulation core (ALGORITHMS.md 1.2-1.11).
+"""Few-shot meta-learners in one class: (FO)MAML, ANIL, BOIL, Meta-SGD, exp-MAML, sparse-MAML, -ReLU-MAML, -MAML+.
 
-One class covers MAML (second order), FOMAML, ANIL, BOIL, Meta-SGD, exp-MAML, sparse-MAML, sparse-ReLU-MAML and
-sparse-MAML+: they differ only in the modulation S(m) (wtl_tf/modulation.py) and a few switches, which gin sets.
-One meta-training step (1.11) on a meta-batch of B tasks:
-
-    for each task tau:  s = c * S(m) (fresh noise per task for sparse-MAML+)
-                        phi_K = K modulated SGD steps on the support set        (wtl_tf/inner_loop.py)
-                        L_tau = CE(f(query_x; phi_K), query_y)
-    L = sum_tau L_tau   ('sum', the reference) or mean_tau L_tau ('mean')
-    g_theta = dL/dtheta (clipped elementwise to [-c, c] with `clamp_outer_gradients`);  g_m = dL/dm
-    theta <- opt_theta(theta, g_theta);  m <- opt_m(m, g_m)       (two optimizers, two learning rates)
-
-Distribution: the tasks of a meta-batch are split across the replicas of a `tf.distribute` strategy. Each replica
-returns the gradients of its tasks' part of L; they are summed across replicas (all-reduce) and the optimizers apply
-them once in cross-replica context, so the step equals the single-device step up to float summation order. With
-'mean' the per-replica objective is already divided by the global B.
-
-Within a replica the B/R tasks are an unrolled Python loop in one graph, in waves of `tasks_in_flight`. The tasks
-of a wave are independent, so TensorFlow's executor runs their small ops concurrently: the CPU-friendly way to batch
-them (28x28 tasks: 1.6x the tasks/s of a sequential tf.while_loop over tasks in a probe here). A wave starts once the
-previous wave's gradients exist, which bounds the activations alive at once for big tasks (84x84: one task at a
-time, 1.35 instead of 2.0 GB peak at the same speed). Gradients are summed over waves, so results do not depend on it.
-
-Evaluation (1.10): the same function with `eval_inner_loop` (by default the training K, alpha and masks), batch
-statistics everywhere, one task at a time for BN purposes (a batch of tasks is only a batch of independent tasks).
-
-Tasks carry their global episode position; sparse-MAML+'s noise for a task is a pure function of (seed, split,
-position), so runs are reproducible and resumable without any RNG state.
+They differ only in the modulation S(m) (wtl_tf/modulation.py) and gin switches. Meta-training step and evaluation:
+docs/ALGORITHMS.md 1.11, 1.10. Replicas sum their tasks' gradients, which are all-reduced and applied once
+('mean' divides by the global B per replica). Within a replica tasks are an unrolled loop in waves of
+`tasks_in_flight`: a wave's independent tasks run concurrently, the next waits for its gradients to bound memory
+(docs/PERFORMANCE.md); results do not depend on either. sparse-MAML+'s per-task noise is a pure function of (seed,
+split, episode position), so runs resume without RNG state.
 """
 import dataclasses
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import gin
 import keras
@@ -39,8 +18,8 @@ import tensorflow as tf
 from wtl_tf import inner_loop as inner_lib
 from wtl_tf import modulation as modulation_lib
 from wtl_tf import optimizers
-from wtl_tf import params as params_lib
-from wtl_tf.models import layers
+from wtl_tf.learners import core
+from wtl_tf.errors import ConfigError
 
 OUTER_LOSSES = ('sum', 'mean')
 # Salts that keep the per-task noise of different splits apart.
@@ -49,17 +28,13 @@ PIXELS_IN_FLIGHT = 2 ** 19  # See auto_tasks_in_flight.
 
 
 def default_jit_compile() -> bool:
-  """XLA on accelerators (unmeasured here); plain graph mode on CPU, where XLA was ~10x slower for these steps
-  (tools/benchmark.py fewshot --jit=off,on: config c 3.0 vs 29 tasks/s; config b did not finish 8 steps in 170 s)."""
+  """XLA on accelerators; plain graph mode on CPU, where XLA measured much slower (docs/PERFORMANCE.md)."""
   return bool(tf.config.list_physical_devices('GPU') or tf.config.list_physical_devices('TPU'))
 
 
 def auto_tasks_in_flight(tasks) -> int:
-  """As many concurrent tasks as hold about PIXELS_IN_FLIGHT input pixels (at least 1).
-
-  Small tasks (Omniglot: 8 of 5-way 1-shot) keep both cores busy when run side by side; big ones (miniImageNet:
-  1 task) already do, and running them one after the other halves the activation memory alive at once.
-  """
+  """As many concurrent tasks as hold about PIXELS_IN_FLIGHT input pixels (at least 1): small tasks (Omniglot) need
+  company to keep the cores busy, big ones (miniImageNet) do not and then save activation memory one at a time."""
   per_task = (np.prod(tasks.support_images.shape[1:]) + np.prod(tasks.query_images.shape[1:]))
   return max(1, int(PIXELS_IN_FLIGHT // per_task))
 
@@ -70,15 +45,14 @@ def accuracy(labels, logits):
 
 
 @gin.register
-class FewShotLearner:
-  """A MAML-family meta-learner.
+class FewShotLearner(core.LearnerCore):
+  """A MAML-family meta-learner on the learner core (wtl_tf/learners/core.py).
 
   Args:
     model_fn: builds the backbone (a Keras model), called with no arguments inside the strategy scope.
     modulation: S(m); default `Identity` (MAML/FOMAML) with step size 0.1.
     inner_loop: training inner loop (K, first/second order, BN in or out of the inner loop).
-    eval_inner_loop: the evaluation inner loop; default the training one (the reference's test-time K is the
-      training K). Evaluation never needs second-order graphs, so it always runs first order (same values).
+    eval_inner_loop: the evaluation inner loop; default the training one; always run first order (same values).
     theta_optimizer: optimizer factory for theta (see wtl_tf/optimizers.py); default Adam(1e-3, eps 1e-8).
     mask_optimizer: optimizer factory for m; default Adam(0.0075). Unused by modulations without parameters.
     clamp_outer_gradients: clip theta gradients (not mask gradients) elementwise to [-c, c]; None = off.
@@ -86,9 +60,7 @@ class FewShotLearner:
     strategy: a tf.distribute strategy; default the current one.
     seed: seeds the mask initialisation and the per-task noise of sparse-MAML+ (the model is seeded by model_fn).
     jit_compile: compile each replica's step with XLA; None = `default_jit_compile()`.
-    tasks_in_flight: how many of a replica's tasks may run concurrently (None = `auto_tasks_in_flight`); later
-      waves start once the previous wave's gradients exist, which bounds peak memory. Speed/memory only: the
-      result is the same.
+    tasks_in_flight: a replica's tasks per concurrent wave (None = `auto_tasks_in_flight`); speed/memory only.
     name: the learner's name in logs and results.
   """
 
@@ -102,43 +74,23 @@ class FewShotLearner:
                strategy: Optional[tf.distribute.Strategy] = None, seed: int = 0,
                jit_compile: Optional[bool] = None, tasks_in_flight: Optional[int] = None, name: str = 'maml'):
     if outer_loss not in OUTER_LOSSES:
-      raise ValueError(f'FewShotLearner.outer_loss must be one of {OUTER_LOSSES}, got {outer_loss!r}')
+      raise ConfigError(f'FewShotLearner.outer_loss must be one of {OUTER_LOSSES}, got {outer_loss!r}')
     if clamp_outer_gradients is not None and not clamp_outer_gradients > 0:
-      raise ValueError(f'FewShotLearner.clamp_outer_gradients must be positive or None, got {clamp_outer_gradients}')
-    self.name = name
-    self.modulation = modulation or modulation_lib.Identity()
+      raise ConfigError(f'FewShotLearner.clamp_outer_gradients must be positive or None, got {clamp_outer_gradients}')
+    if tasks_in_flight is not None and tasks_in_flight < 1:
+      raise ConfigError(f'FewShotLearner.tasks_in_flight must be positive or None, got {tasks_in_flight}')
     self.inner_loop = inner_loop or inner_lib.InnerLoop()
     eval_loop = eval_inner_loop or self.inner_loop
-    self.eval_inner_loop = dataclasses.replace(eval_loop, first_order=True)
+    self.eval_inner_loop = dataclasses.replace(eval_loop, first_order=True, adapt_bn=self.inner_loop.adapt_bn)
     self.clamp = clamp_outer_gradients
     self.outer_loss = outer_loss
-    self.seed = int(seed)
-    if tasks_in_flight is not None and tasks_in_flight < 1:
-      raise ValueError(f'FewShotLearner.tasks_in_flight must be positive or None, got {tasks_in_flight}')
     self.tasks_in_flight = tasks_in_flight
     self.jit_compile = default_jit_compile() if jit_compile is None else bool(jit_compile)
-    self.strategy = strategy or tf.distribute.get_strategy()
-    with self.strategy.scope():
-      self.model = model_fn()
-      if not self.inner_loop.first_order:
-        layers.set_fused_batchnorm(self.model, False)  # Exact second derivatives (wtl_tf/models/layers.py).
-      self.infos = params_lib.describe(self.model)
-      self.theta = list(self.model.trainable_variables)
-      self.non_trainable = list(self.model.non_trainable_variables)
-      self.mask_names = self.modulation.mask_names(self.infos)
-      init = self.modulation.init_mask_params(self.infos, self.seed)
-      self.masks = [keras.Variable(np.asarray(a, np.float32), name=f'mask_{i}') for i, a in enumerate(init)]
-      self.theta_optimizer = theta_optimizer()
-      self.theta_optimizer.build(self.theta)
-      self.mask_optimizer = None
-      if self.masks:
-        self.mask_optimizer = (mask_optimizer or (lambda: optimizers.adam(learning_rate=0.0075)))()
-        self.mask_optimizer.build(self.masks)
-    adapted = self.inner_loop.select(self.modulation.step_sizes(
-        [tf.convert_to_tensor(m) for m in self.masks], self.infos, _noise_key(0, 0, 0)), self.infos)
-    if not any(s is not None for s in adapted) and self.inner_loop.num_steps:
-      raise ValueError(f'{name}: no parameter takes part in the inner loop (modulation {self.modulation}, '
-                       f'adapt_bn={self.inner_loop.adapt_bn})')
+    super().__init__(model_fn, modulation, adapt_bn=self.inner_loop.adapt_bn,
+                     second_order=not self.inner_loop.first_order, theta_optimizer=theta_optimizer,
+                     mask_optimizer=mask_optimizer or (lambda: optimizers.adam(learning_rate=0.0075)), seed=seed,
+                     strategy=strategy, name=name)
+    self.check_adapts(self.inner_loop.num_steps)
     replica_train = self._replica_train
     replica_eval = self._replica_eval
     if self.jit_compile:
@@ -155,15 +107,11 @@ class FewShotLearner:
     return self.strategy.num_replicas_in_sync
 
   def _read(self):
-    return ([tf.convert_to_tensor(v) for v in self.theta], [tf.convert_to_tensor(v) for v in self.non_trainable],
-            [tf.convert_to_tensor(v) for v in self.masks])
-
-  def _step_sizes(self, masks, noise_key, loop):
-    return loop.select(self.modulation.step_sizes(masks, self.infos, noise_key), self.infos)
+    return self.read(self.theta), self.read(self.non_trainable), self.read(self.mask_logits)
 
   def _task(self, theta, non_trainable, masks, loop, support_x, support_y, query_x, noise_key):
     """Logits of the query set after adapting to the support set."""
-    sizes = self._step_sizes(masks, noise_key, loop)
+    sizes = self.step_sizes(masks, noise_key)
     fast = loop.adapt(self.model, theta, non_trainable, sizes, support_x, support_y)
     return inner_lib.forward(self.model, fast, non_trainable, query_x)
 
@@ -174,8 +122,7 @@ class FewShotLearner:
     wave = min(self.tasks_in_flight or auto_tasks_in_flight(tasks), count)
     grads, loss_sum, acc_sum, previous = None, 0.0, 0.0, []
     for start in range(0, count, wave):
-      # Tasks of a wave are independent, so the executor runs them concurrently; the next wave waits for this one's
-      # gradients, which bounds the activations alive at once (module docstring).
+      # A wave's tasks run concurrently; the next wave waits for these gradients (bounds memory, module docstring).
       with tf.control_dependencies(previous), tf.GradientTape() as tape:
         tape.watch(theta)
         tape.watch(masks)
@@ -183,7 +130,7 @@ class FewShotLearner:
         for i in range(start, min(start + wave, count)):
           logits = self._task(theta, non_trainable, masks, self.inner_loop, tasks.support_images[i],
                               tasks.support_labels[i], tasks.query_images[i],
-                              _noise_key(self.seed, SPLIT_SALT['train'], positions[i]))
+                              self.noise_key(SPLIT_SALT['train'], positions[i]))
           losses.append(inner_lib.cross_entropy(tasks.query_labels[i], logits))
           accuracies.append(accuracy(tasks.query_labels[i], logits))
         wave_loss = tf.add_n(losses)
@@ -204,21 +151,21 @@ class FewShotLearner:
       values = per_replica
     else:
       flat = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-      shapes = [v.shape for v in self.theta + self.masks] + [(), ()]
+      shapes = [v.shape for v in self.theta + self.mask_logits] + [(), ()]
       parts = tf.split(flat, [int(np.prod(s)) for s in shapes])
       values = [tf.reshape(p, s) for p, s in zip(parts, shapes)]
     n = len(self.theta)
     g_theta, g_masks, loss_sum, acc_sum = values[:n], values[n:-2], values[-2], values[-1]
     if self.clamp is not None:
       g_theta = [tf.clip_by_value(g, -self.clamp, self.clamp) for g in g_theta]
-    self.theta_optimizer.apply(g_theta, self.theta)
-    if self.masks:
-      self.mask_optimizer.apply(g_masks, self.masks)
+    self.apply_gradients(g_theta, g_masks)
     batch = float(self._global_batch)
     return {'loss': loss_sum / batch, 'accuracy': acc_sum / batch}
 
   def train_step(self, tasks, positions) -> Dict[str, tf.Tensor]:
     """One meta-update on a meta-batch; returns the mean query loss and accuracy over its tasks (before the update).
+
+    Raises TrainingDiverged when that loss is NaN or infinite.
 
     Args:
       tasks: Episode-like (support_images [B, ways*shots, H, W, C], support_labels [B, ways*shots], query_images
@@ -231,14 +178,16 @@ class FewShotLearner:
     tasks, positions = self._distribute(tasks, positions)
     if self._global_batch is None:
       raise ValueError('call set_global_batch(B) before feeding distributed meta-batches')
-    return self._train_step(tasks, positions)
+    out = self._train_step(tasks, positions)
+    self.check_finite(out['loss'], 'in a meta-training step')
+    return out
 
   def set_global_batch(self, global_batch: int):
     """Fixes the meta-batch size B (static: the step compiles once)."""
     if global_batch % self.num_replicas:
-      raise ValueError(f'meta-batch size {global_batch} is not a multiple of the {self.num_replicas} replicas')
+      raise ConfigError(f'meta-batch size {global_batch} is not a multiple of the {self.num_replicas} replicas')
     if self._global_batch not in (None, global_batch):
-      raise ValueError(f'meta-batch size is fixed at {self._global_batch}, got {global_batch}')
+      raise ConfigError(f'meta-batch size is fixed at {self._global_batch}, got {global_batch}')
     self._global_batch = int(global_batch)
 
   def _distribute(self, tasks, positions):
@@ -265,7 +214,7 @@ class FewShotLearner:
     accuracies, losses = [], []
     for i in range(tasks.support_images.shape[0]):
       logits = self._task(theta, non_trainable, masks, self.eval_inner_loop, tasks.support_images[i],
-                          tasks.support_labels[i], tasks.query_images[i], _noise_key(self.seed, salt, positions[i]))
+                          tasks.support_labels[i], tasks.query_images[i], self.noise_key(salt, positions[i]))
       accuracies.append(accuracy(tasks.query_labels[i], logits))
       losses.append(inner_lib.cross_entropy(tasks.query_labels[i], logits))
     return tf.stack(accuracies), tf.stack(losses)
@@ -286,63 +235,26 @@ class FewShotLearner:
     """phi_K for one task (tuple parallel to theta), with the learner's masks."""
     theta, non_trainable, masks = self._read()
     loop = loop or self.inner_loop
-    sizes = self._step_sizes(masks, _noise_key(self.seed, SPLIT_SALT[split], position), loop)
+    sizes = self.step_sizes(masks, self.noise_key(SPLIT_SALT[split], position))
     return loop.adapt(self.model, theta, non_trainable, sizes, tf.convert_to_tensor(support_images),
                       tf.convert_to_tensor(support_labels))
 
   def logits(self, params, images):
-    return inner_lib.forward(self.model, params, [tf.convert_to_tensor(v) for v in self.non_trainable],
-                             tf.convert_to_tensor(images))
+    return inner_lib.forward(self.model, params, self.read(self.non_trainable), tf.convert_to_tensor(images))
 
   def modulations(self, position: int = 0, split: str = 'train') -> Dict[str, np.ndarray]:
-    """S(m) per masked parameter group (unscaled), as a task at `position` would use it."""
-    mods = self.modulation.modulations([tf.convert_to_tensor(m) for m in self.masks], self.infos,
-                                       _noise_key(self.seed, SPLIT_SALT[split], position))
-    return {i.name: s.numpy() for i, s in zip(self.infos, mods) if s is not None}
-
-  def mask_logits(self) -> Dict[str, np.ndarray]:
-    return {n: m.numpy() for n, m in zip(self.mask_names, self.masks)}
+    """S(m) per masked group (unscaled), as the task at `position` of `split` would use it."""
+    return super().modulations(self.noise_key(SPLIT_SALT[split], position))
 
   def sparsity(self, position: int = 0, split: str = 'train') -> Dict[str, float]:
-    """Fraction of exactly-zero S(m) per masked group and size-weighted 'overall' (0 without a modulation)."""
-    result = modulation_lib.group_sparsity(self.modulation, [tf.convert_to_tensor(m) for m in self.masks],
-                                           self.infos, _noise_key(self.seed, SPLIT_SALT[split], position))
-    return {k: float(v) for k, v in result.items()}
-
-  def group_names(self) -> List[str]:
-    return [i.name for i in self.infos]
+    """The core's sparsity report for the masks of the task at `position` of `split`."""
+    return super().sparsity(self.noise_key(SPLIT_SALT[split], position))
 
   # -- checkpoint state ----------------------------------------------------------------------------
-  def _state_vars(self, with_optimizers=True):
-    groups = [('theta', self.theta), ('non_trainable', self.non_trainable), ('mask', self.masks)]
-    if with_optimizers:
-      groups.append(('theta_opt', self.theta_optimizer.variables))
-      if self.mask_optimizer is not None:
-        groups.append(('mask_opt', self.mask_optimizer.variables))
-    return [(f'{prefix}/{i}', v) for prefix, variables in groups for i, v in enumerate(variables)]
-
   def state(self, with_optimizers: bool = True) -> Dict[str, np.ndarray]:
     """Everything a resumed run needs (theta, BN statistics, masks, optimizer slots and step counters)."""
-    return {key: np.asarray(v.numpy()) for key, v in self._state_vars(with_optimizers)}
+    return self.model_state(with_optimizers)
 
   def restore(self, state: Dict[str, np.ndarray]):
     """Loads `state()`; optimizer entries are optional (a 'best' checkpoint holds only the model and masks)."""
-    expected = self._state_vars(with_optimizers=True)
-    unknown = sorted(set(state) - {key for key, _ in expected})
-    if unknown:
-      raise ValueError(f'checkpoint holds {unknown[:3]}... that this learner does not have: it belongs to a different '
-                       f'configuration')
-    for key, v in expected:
-      if key in state:
-        value = state[key]
-        if tuple(value.shape) != tuple(v.shape):
-          raise ValueError(f'checkpoint entry {key} has shape {value.shape}, the learner expects {tuple(v.shape)}: '
-                           f'the checkpoint belongs to a different configuration')
-        v.assign(value)
-      elif not key.startswith(('theta_opt/', 'mask_opt/')):
-        raise ValueError(f'checkpoint lacks {key}: it belongs to a different configuration')
-
-
-def _noise_key(seed, salt, position):
-  """Stateless RNG key of one task's sparse-MAML+ noise: a pure function of (seed, split, episode position)."""
-  return tf.stack([tf.cast(seed, tf.int64) * 16 + tf.cast(salt, tf.int64), tf.cast(position, tf.int64)])
+    self.restore_model(state)

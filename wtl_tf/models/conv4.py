@@ -1,15 +1,7 @@
-"""The few-shot ConvNet-4 (ALGORITHMS.md 2.1), which is also OSAKA's ConvNet (2.4).
+"""The few-shot ConvNet-4; on 28x28x1 with 10 classes also OSAKA's ConvNet (docs/ALGORITHMS.md 2.1, 2.4).
 
-4 x [Conv3x3 (hidden, stride 1, pad 1, bias) -> BatchNorm (eps 1e-5, batch statistics) -> ReLU -> MaxPool 2 (floor)],
-then flatten and a Linear(feature_size -> num_classes) head with bias. Spatial 84 -> 42 -> 21 -> 10 -> 5 gives
-feature_size 1600 (about 121k parameters for 5 ways); 28x28x1 gives 64.
-
-The reference always has conv and head biases (its `self.bias = bias,` is a truthy tuple); `bias=False` exists for
-experiments only. Initialisation is PyTorch's default: weights and biases U(+-1/sqrt(fan_in)), BN gamma 1, beta 0.
-Parameter groups read conv1/kernel, conv1/bias, bn1/gamma, bn1/beta, ..., head/kernel, head/bias (18 tensors).
-
-OSAKA's ConvNet is this model on 28x28x1 with num_classes=10: `conv4(input_shape=(28, 28, 1), num_classes=10)`.
-Its "BN only in the outer loop" is an inner-loop setting (`InnerLoop(adapt_bn=False)`), not a different network.
+4 x [Conv3x3 with bias -> BatchNorm -> ReLU -> MaxPool 2 (floor)] -> flatten -> Linear head with bias, PyTorch
+default inits; groups conv1/kernel, conv1/bias, bn1/gamma, ..., head/bias. `bias=False` is for experiments only.
 """
 from typing import Optional, Sequence
 
@@ -17,19 +9,20 @@ import gin
 import keras
 
 from wtl_tf.models import layers
+from wtl_tf.errors import ConfigError
 
 
 @gin.register
 def conv4(input_shape: Sequence[int] = (84, 84, 3), num_classes: int = 5, hidden_size: int = 64,
           num_blocks: int = 4, bias: bool = True, seed: int = 0, fused_bn: Optional[bool] = None,
           first_conv_by_patches: bool = False) -> keras.Model:
-  """A built Keras ConvNet-4; images are NHWC float32."""
+  """A built Keras ConvNet-4; images are NHWC float32 (84x84 gives 1600 features, 28x28 gives 64)."""
   input_shape = tuple(int(d) for d in input_shape)
   if len(input_shape) != 3 or min(input_shape) <= 0 or num_classes <= 0 or hidden_size <= 0 or num_blocks <= 0:
-    raise ValueError(f'conv4 needs an HxWxC input and positive sizes, got input {input_shape}, classes '
+    raise ConfigError(f'conv4 needs an HxWxC input and positive sizes, got input {input_shape}, classes '
                      f'{num_classes}, hidden {hidden_size}, blocks {num_blocks}')
   if min(input_shape[:2]) < 2 ** num_blocks:
-    raise ValueError(f'conv4: a {input_shape[0]}x{input_shape[1]} input is too small for {num_blocks} 2x2 poolings')
+    raise ConfigError(f'conv4: a {input_shape[0]}x{input_shape[1]} input is too small for {num_blocks} 2x2 poolings')
   inputs = keras.Input(input_shape)
   x, channels = inputs, input_shape[-1]
   for i in range(num_blocks):

@@ -1,11 +1,8 @@
-"""Layers the few-shot backbones share: PyTorch-default initialisers, a fused batch-statistics BatchNorm, -inf pooling.
+"""Layers the backbones share: PyTorch-default initialisers, a fused batch-statistics BatchNorm, -inf pooling.
 
-`BatchNorm` is `keras.layers.BatchNormalization` (so `params.describe` still finds it as a normalisation layer) whose
-training-mode forward on NHWC float32 maps is TF's fused kernel: one op (and one gradient op) instead of the ~10
-element-wise ops Keras emits. The meta-learners always run in training mode (batch statistics, ALGORITHMS.md 1.10),
-so this is on every inner step; it made the Conv4 support step about 1.4x faster on CPU. First derivatives through
-the fused kernel match the plain path to float precision, but TensorFlow's second derivative of it is off by ~1e-3
-relative (tests/models_test.py), so second-order learners switch it off with `set_fused_batchnorm(model, False)`.
+`BatchNorm` subclasses Keras' (so `params.describe` sees a normalisation layer); its training-mode forward, run on
+every inner step, is TF's one fused op instead of ~10 (docs/PERFORMANCE.md). Its second derivative is off by ~1e-3
+(tests/models_test.py), so second-order learners call `set_fused_batchnorm(model, False)` (docs/ALGORITHMS.md 2.5).
 """
 import math
 from typing import Optional
@@ -93,14 +90,10 @@ class NegInfPaddedMaxPool(keras.layers.Layer):
 
 
 class Conv2DByPatches(keras.layers.Conv2D):
-  """A stride-1 Conv2D computed as image patches times the reshaped kernel (im2col), for inputs with few channels.
+  """A stride-1 Conv2D computed as image patches times the reshaped kernel (im2col); same function and parameters.
 
-  The same function and parameters as `keras.layers.Conv2D` (checkpoints are interchangeable). It exists for speed:
-  on CPU, TensorFlow's filter gradient of a first layer with one input channel (OSAKA's 28x28x1 images) took
-  ~2.6 ms per 50 images inside a Conv4 inner step, five times its forward pass. As patches, the filter gradient is
-  one small matmul; on its own the layer is no faster (forward + filter gradient 3.6 vs 1.8 ms for 50 images), but
-  inside an unrolled 8-step adaptation, where every step sees the same input images, the step went from 111 to 92 ms.
-  Other strides, dilations or groups use the standard kernel.
+  For speed only: TF's CPU filter gradient for one input channel (OSAKA's 28x28x1) is slow, a patch matmul is not
+  (docs/PERFORMANCE.md). Other strides, dilations or groups use the standard kernel.
   """
 
   def _by_patches(self) -> bool:

@@ -1,14 +1,13 @@
-"""The La-MAML MLP (ALGORITHMS.md 2.3): 784 -> h -> ReLU -> h -> ReLU -> 10, single-headed.
+"""The La-MAML MLP (docs/ALGORITHMS.md 2.3): 784 -> h -> ReLU -> h -> ReLU -> 10, single-headed, groups fc1..fc3.
 
-Weights are drawn like PyTorch's `kaiming_normal_` (std sqrt(2 / fan_in), untruncated: Keras' HeNormal is
-truncated, which shrinks the effective std by about 12%); biases start at 0. Dense layers are named fc1..fc3, so
-the parameter groups read fc1/kernel (W1), fc1/bias (b1), ... fc3/bias (b3).
+Weights as PyTorch's `kaiming_normal_`: untruncated normal, std sqrt(2 / fan_in) (Keras' HeNormal truncates); biases 0.
 """
 import math
 from typing import Sequence
 
 import gin
 import keras
+from wtl_tf.errors import ConfigError
 
 
 @gin.register
@@ -16,7 +15,7 @@ def mlp(input_size: int = 784, hidden_sizes: Sequence[int] = (100, 100), num_cla
         seed: int = 0) -> keras.Model:
   """A built Keras MLP; `hidden_sizes` is Figure 3 (right)'s width switch."""
   if input_size <= 0 or num_classes <= 0 or any(h <= 0 for h in hidden_sizes):
-    raise ValueError(f'mlp sizes must be positive, got input {input_size}, hidden {hidden_sizes}, '
+    raise ConfigError(f'mlp sizes must be positive, got input {input_size}, hidden {hidden_sizes}, '
                      f'classes {num_classes}')
   inputs = keras.Input((input_size,))
   x = inputs

@@ -1,14 +1,7 @@
-"""ResNet-12 as in the reference (ALGORITHMS.md 2.2, copied there from BOIL).
+"""ResNet-12 as in the reference (docs/ALGORITHMS.md 2.2, gotcha 12).
 
-Four stages of widths [64, 128, 256, 512] (`big=True`: [64, 160, 320, 640]). Each stage:
-  main:     [conv3x3 (no bias) -> BN -> LeakyReLU(0.01)] x 2, then conv3x3 -> BN
-  shortcut: conv1x1 (no bias) -> BN
-  out:      LeakyReLU(0.01)(main + shortcut), then a pool
-Pools: stages 1-2 MaxPool(2, 2); stage 3 MaxPool(2, 2) after padding one pixel of -inf on every side (PyTorch's
-padding=1); stage 4 none. 84 -> 42 -> 21 -> 11 -> 11, global average pool, Linear(width -> num_classes).
-All convs have stride 1; DropBlock and dropout are off. Init: Glorot-uniform conv and linear weights, zero biases,
-BN gamma 1 and beta 0 (eps 1e-5). Parameter groups: stage1_conv1/kernel, stage1_bn1/gamma, ...,
-stage1_shortcut_conv/kernel, stage1_shortcut_bn/gamma, ..., head/kernel, head/bias.
+Stage: [conv3x3 -> BN -> LeakyReLU] x 2 -> conv3x3 -> BN, plus a conv1x1 -> BN shortcut, then LeakyReLU and a pool.
+Groups: stage1_conv1/kernel, stage1_bn1/gamma, ..., stage1_shortcut_conv/kernel, ..., head/kernel, head/bias.
 """
 from typing import Optional, Sequence
 
@@ -16,6 +9,7 @@ import gin
 import keras
 
 from wtl_tf.models import layers
+from wtl_tf.errors import ConfigError
 
 WIDTHS = (64, 128, 256, 512)
 BIG_WIDTHS = (64, 160, 320, 640)
@@ -34,7 +28,7 @@ def resnet12(input_shape: Sequence[int] = (84, 84, 3), num_classes: int = 5, big
   widths = tuple(widths) if widths is not None else (BIG_WIDTHS if big else WIDTHS)
   input_shape = tuple(int(d) for d in input_shape)
   if len(widths) != 4 or min(widths) <= 0 or num_classes <= 0 or len(input_shape) != 3:
-    raise ValueError(f'resnet12 needs 4 positive stage widths, positive classes and an HxWxC input, got widths '
+    raise ConfigError(f'resnet12 needs 4 positive stage widths, positive classes and an HxWxC input, got widths '
                      f'{widths}, classes {num_classes}, input {input_shape}')
   inputs = keras.Input(input_shape)
   x = inputs

@@ -1,15 +1,16 @@
-"""What every continual learner shares: a Keras model held as variables, evaluation, a reservoir memory, state.
+"""What every continual learner shares beyond the learner core: evaluation, a reservoir memory, stream state.
 
 A learner sees the stream one incoming batch at a time through `observe(x, y, task)`; images arrive as flattened
-uint8 rows and are scaled to [0, 1] here. Per-parameter-group sparsity is part of every learner's interface:
-learners without a modulation report 0.
+uint8 rows and are scaled to [0, 1] here. Per-parameter-group sparsity comes from the core: learners without a
+modulation report 0.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from wtl_tf import params as params_lib
+from wtl_tf.learners import core
+from wtl_tf.errors import ConfigError
 
 
 def to_float(x) -> np.ndarray:
@@ -19,7 +20,7 @@ def to_float(x) -> np.ndarray:
 
 
 class Reservoir:
-  """Reservoir-sampling memory (ALGORITHMS.md 4.2): every sample seen so far is kept with equal probability.
+  """Reservoir-sampling memory (docs/ALGORITHMS.md 4.2): every sample seen so far is kept with equal probability.
 
   push: age += 1; append while not full, else draw p = randint(0, age) inclusive and overwrite slot p if p < capacity.
   sample(n): min(n, size) draws, each uniform over the memory (duplicates possible, as in La-MAML's per-draw shuffle).
@@ -27,7 +28,7 @@ class Reservoir:
 
   def __init__(self, capacity: int, dim: int, rng: np.random.Generator):
     if capacity < 0:
-      raise ValueError(f'memory capacity must be >= 0, got {capacity}')
+      raise ConfigError(f'memory capacity must be >= 0, got {capacity}')
     self.capacity, self.rng = capacity, rng
     self.x = np.zeros((capacity, dim), np.float32)
     self.y = np.zeros((capacity,), np.int64)
@@ -75,24 +76,29 @@ def weighted_cross_entropy(labels, logits, weights):
   return tf.reduce_sum(ce * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
-class ContinualLearner:
-  """Base class: model, theta variables, evaluation, sparsity and state for checkpoints."""
+class ContinualLearner(core.LearnerCore):
+  """Base class on the learner core: evaluation on a task's test set and the checkpoint state of the stream.
+
+  Args:
+    model: a built Keras model (e.g. wtl_tf.models.mlp.mlp()).
+    modulation: S(m) of the learner's inner loop; None for learners without one (the baselines).
+    seed: seeds the host-side randomness (shuffling, replay draws) and the mask initialisation.
+    jit_compile: XLA for the compiled steps.
+    name: the learner's name in logs and results.
+  """
 
   name = 'continual'
+  memory: Optional[Reservoir] = None  # Replay learners set one; it is part of their checkpoint state.
 
-  def __init__(self, model, seed: int = 0, jit_compile: bool = True):
-    self.model = model
-    self.infos = params_lib.describe(model)
-    self.theta = list(model.trainable_variables)
-    self.non_trainable = list(model.non_trainable_variables)
+  def __init__(self, model, modulation=None, seed: int = 0, jit_compile: bool = True, name: Optional[str] = None):
+    super().__init__(lambda: model, modulation, seed=seed, name=name)
     self.rng = np.random.default_rng(seed)
     self.jit_compile = jit_compile
     self._logits = tf.function(self._logits_fn, jit_compile=jit_compile, reduce_retracing=True)
 
   # -- evaluation ------------------------------------------------------------------------------
   def _logits_fn(self, x):
-    logits, _ = self.model.stateless_call([tf.convert_to_tensor(v) for v in self.theta], self.non_trainable, x,
-                                          training=False)
+    logits, _ = self.model.stateless_call(self.read(self.theta), self.non_trainable, x, training=False)
     return logits
 
   def accuracy(self, x, y, batch_size: int = 5000) -> float:
@@ -107,41 +113,23 @@ class ContinualLearner:
   def observe(self, x: np.ndarray, y: np.ndarray, task: int, first_epoch: bool = True) -> Dict[str, float]:
     raise NotImplementedError
 
-  def modulations(self) -> Dict[str, np.ndarray]:
-    """S(m) per parameter group (the effective learning-rate / mask), empty for learners without one."""
-    return {}
-
-  def mask_logits(self) -> Dict[str, np.ndarray]:
-    return {}
-
-  def sparsity(self) -> Dict[str, float]:
-    """Fraction of exactly-zero modulation per group plus size-weighted `overall` (0 without a modulation)."""
-    mods = self.modulations()
-    if not mods:
-      return {'overall': 0.0}
-    out = {name: float(np.mean(s == 0)) for name, s in mods.items()}
-    out['overall'] = float(sum(np.sum(s == 0) for s in mods.values()) / sum(s.size for s in mods.values()))
-    return out
-
   # -- checkpoint state ---------------------------------------------------------------------------
   def extra_state(self) -> Dict[str, np.ndarray]:
-    return {}
+    """The learner's own stream state (the replay memory), beside the core's model state."""
+    return {} if self.memory is None else {f'memory/{k}': v for k, v in self.memory.state().items()}
 
   def restore_extra(self, state: Dict[str, np.ndarray]):
-    del state
+    if self.memory is not None:
+      self.memory.restore({k: state[f'memory/{k}'] for k in ('x', 'y', 'age')})
 
   def state(self) -> Dict[str, np.ndarray]:
-    out = {f'theta/{i}': v.numpy() for i, v in enumerate(self.theta)}
+    out = self.model_state()
     out.update(self.extra_state())
     return out
 
   def restore(self, state: Dict[str, np.ndarray]):
-    for i, v in enumerate(self.theta):
-      v.assign(state[f'theta/{i}'])
+    self.restore_model(state)
     self.restore_extra(state)
-
-  def group_names(self) -> List[str]:
-    return [info.name for info in self.infos]
 
 
 def global_norm_clip(grads, clip: Optional[float]):

@@ -1,4 +1,4 @@
-"""Table-5 baselines on the same stream and model (ALGORITHMS.md 4.6).
+"""Table-5 baselines on the same stream and model (docs/ALGORITHMS.md 4.6).
 
   OnlineSGD           "Baseline": SGD on each incoming batch, no memory.
   ExperienceReplay    SGD on the incoming batch plus a reservoir replay batch, `glances` times.
@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from wtl_tf.learners.continual.base import (ContinualLearner, Reservoir, padded_batch, to_float,
                                             weighted_cross_entropy)
+from wtl_tf.errors import ConfigError
 
 
 class _SGDLearner(ContinualLearner):
@@ -24,7 +25,7 @@ class _SGDLearner(ContinualLearner):
   def __init__(self, model, lr: float, seed: int, jit_compile: bool):
     super().__init__(model, seed=seed, jit_compile=jit_compile)
     if not lr > 0:
-      raise ValueError(f'{type(self).__name__}.lr must be positive, got {lr!r}')
+      raise ConfigError(f'{type(self).__name__}.lr must be positive, got {lr!r}')
     self.lr = lr
     self._sgd = tf.function(self._sgd_fn, jit_compile=jit_compile, reduce_retracing=True)
     self._grad = tf.function(self._grad_fn, jit_compile=jit_compile, reduce_retracing=True)
@@ -34,7 +35,7 @@ class _SGDLearner(ContinualLearner):
     return weighted_cross_entropy(y, logits, w)
 
   def _grad_fn(self, x, y, w):
-    theta = [tf.convert_to_tensor(v) for v in self.theta]
+    theta = self.read(self.theta)
     with tf.GradientTape() as tape:
       tape.watch(theta)
       loss = self._loss(theta, x, y, w)
@@ -57,7 +58,7 @@ class ExperienceReplay(_SGDLearner):
                batch_size: int = 10, seed: int = 0, jit_compile: bool = True):
     super().__init__(model, lr, seed, jit_compile)
     if glances < 1:
-      raise ValueError(f'glances must be >= 1, got {glances}')
+      raise ConfigError(f'glances must be >= 1, got {glances}')
     self.glances, self.replay_size, self.batch_size = glances, replay_size, batch_size
     self.memory = Reservoir(memories, int(np.prod(model.input_shape[1:])), self.rng)
 
@@ -69,16 +70,10 @@ class ExperienceReplay(_SGDLearner):
       rx, ry = self.memory.sample(self.replay_size)
       bx, by, bw = padded_batch(np.concatenate([rx, x]), np.concatenate([ry, y]),
                                 self.replay_size + self.batch_size)
-      losses.append(float(self._sgd(bx, by, bw)))
+      losses.append(self.check_finite(self._sgd(bx, by, bw), f'in glance {glance}'))
       if glance == 0 and first_epoch and self.memory.capacity:
         self.memory.push(x, y)
     return {'loss': float(np.mean(losses))}
-
-  def extra_state(self):
-    return {f'memory/{k}': v for k, v in self.memory.state().items()}
-
-  def restore_extra(self, state):
-    self.memory.restore({k: state[f'memory/{k}'] for k in ('x', 'y', 'age')})
 
 
 @gin.register
@@ -115,16 +110,20 @@ class MER(_SGDLearner):
     """Sequential single-sample SGD over a padded batch, then the within-batch Reptile interpolation."""
     start = [tf.identity(v) for v in self.theta]
     one = tf.ones((1,), tf.float32)
+    losses = []
     for i in range(self.replay_size + 1):
-      _, grads = self._grad_fn(xs[i:i + 1], ys[i:i + 1], one * ws[i])
+      loss, grads = self._grad_fn(xs[i:i + 1], ys[i:i + 1], one * ws[i])
+      losses.append(loss * ws[i])
       for v, g in zip(self.theta, grads):
         v.assign_sub(self.lr * g)
     for v, s in zip(self.theta, start):
       v.assign(s + self.beta * (v - s))
+    return tf.add_n(losses) / tf.maximum(tf.reduce_sum(ws), 1.0)
 
   def observe(self, x, y, task, first_epoch=True) -> Dict[str, float]:
     del task
     x, y = to_float(x), np.asarray(y, np.int64)
+    losses = []
     for xi, yi in zip(x, y):
       anchor = [v.numpy() for v in self.theta]
       for _ in range(self.steps):
@@ -132,19 +131,13 @@ class MER(_SGDLearner):
         bx, by = np.concatenate([rx, xi[None]]), np.concatenate([ry, [yi]])
         order = self.rng.permutation(len(bx))
         px, py, pw = padded_batch(bx[order], by[order], self.replay_size + 1)
-        self._reptile_batch(px, py, pw)
+        losses.append(self.check_finite(self._reptile_batch(px, py, pw), 'in a Reptile batch'))
       if first_epoch:
         self.memory.push(xi[None], [yi])
       if self.gamma != 1.0:
         for v, a in zip(self.theta, anchor):
           v.assign(a + self.gamma * (v.numpy() - a))
-    return {}
-
-  def extra_state(self):
-    return {f'memory/{k}': v for k, v in self.memory.state().items()}
-
-  def restore_extra(self, state):
-    self.memory.restore({k: state[f'memory/{k}'] for k in ('x', 'y', 'age')})
+    return {'loss': float(np.mean(losses))}
 
 
 def project_gradient(g: np.ndarray, memory_grads: np.ndarray, margin: float = 0.5, eps: float = 1e-3) -> np.ndarray:
@@ -215,7 +208,7 @@ class GEM(_SGDLearner):
       if np.any(memory_grads @ g < 0):
         g = project_gradient(g.astype(np.float64), memory_grads.astype(np.float64), self.margin)
     self._apply(tf.constant(g, tf.float32))
-    return {'loss': float(loss)}
+    return {'loss': self.check_finite(loss, 'on an incoming batch')}
 
   def extra_state(self):
     out = {}

@@ -37,13 +37,13 @@ class OnlineAdam(OnlineLearner):
     self._train_step = self._compile(self._train_step_fn)
 
   def _train_step_fn(self, x, y):
-    theta = self._read(self.theta)
+    theta = self.read(self.theta)
     with tf.GradientTape() as tape:
       tape.watch(theta)
       logits = self.logits(theta, x)
       loss = inner_lib.cross_entropy(y, logits)
     grads = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    self.optimizer.apply(grads, self.theta)
+    self.theta_optimizer.apply(grads, self.theta)
     return loss, online_base.accuracy(y, logits)  # The logits are theta's before this update.
 
   def observe(self, x, y) -> Dict[str, object]:
@@ -53,7 +53,8 @@ class OnlineAdam(OnlineLearner):
       return {'accuracy': 0.0, 'loss': None, 'tbd': False, 'meta_update': False}
     start = time.perf_counter()
     loss, acc = self._train_step(x, y)
-    out = {'accuracy': float(acc), 'loss': float(loss), 'tbd': False, 'meta_update': False}
+    out = {'accuracy': float(acc), 'loss': self.check_finite(loss, 'on a stream step'), 'tbd': False,
+           'meta_update': False}
     self.timings['evaluation_and_update'] += time.perf_counter() - start
     self.counts['evaluation_and_update'] += 1
     return out

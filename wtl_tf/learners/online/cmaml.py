@@ -1,26 +1,9 @@
-"""Continual-MAML with prolonged adaptation (OSAKA's `observe_accumulate`, ALGORITHMS.md 5.3) and its sparse variants.
+"""Continual-MAML with prolonged adaptation (OSAKA's `observe_accumulate`) and its sparse variants.
 
-For each stream step D_t = (x_t, y_t) of 50 images (step 0 only adapts, buffers and scores 0):
-
-    l_pre, acc_t = CE(f(x_t; phi), y_t), Acc(phi, D_t)          # the REPORTED accuracy, before adapting
-    phi = Adapt(theta, D_t) if last_tbd else Adapt(phi, D_t)    # K first-order SGD steps with c * S(m)
-    tbd = (0 < gamma < 100) and CE(f(x_t; phi), y_t) + gamma <= l_pre      # task-boundary detection
-    if (tbd and buffer) or len(buffer) > buffer_limit:          # buffer_limit = 2 * 50 in OSAKA
-      n = len(buffer); if n == 1: use it twice; h = ceil(n / 2)
-      L = mean_{i < n-h} CE(f(buffer[h+i].x; Adapt(theta, buffer[i])), buffer[h+i].y)
-      w = 1 - exp(-lambda * stop_grad(L))                       # update modulation
-      Adam step on (theta, m) with gradient w * dL;  buffer = []   # D_t itself is dropped
-    else: buffer.append(D_t)
-    last_tbd = tbd
-
-The modulation decides what m is (wtl_tf/learners/online_base.py): per-tensor step sizes (C-MAML), alpha0 * 1[m >= 0]
-(sparse-C-MAML) or relu(m) (sparse-ReLU-C-MAML), all with straight-through gradients through the meta-update.
-With `meta_learning=False` and `prolonged=False` the same class is OSAKA's MAML / ANIL baseline (`never_retrain`):
-phi is re-adapted from theta on every step and theta never changes after pre-training.
-
-Everything heavy is compiled once: the stream buffer lives in fixed-size variables (buffer_limit + 1 slots) and the
-meta-update loops over a tensor-valued number of task pairs, so neither task changes nor buffer lengths retrace.
-Per-phase wall time (evaluation, adaptation, detection, meta-update, buffer writes) is accumulated in `timings`.
+The procedure is docs/ALGORITHMS.md 5.3 and 5.5 (sparse variants); the modulation decides what m is
+(wtl_tf/learners/online/base.py). `meta_learning=False, prolonged=False` gives OSAKA's `never_retrain` MAML / ANIL
+baselines. Nothing retraces: the buffer lives in fixed-size variables (buffer_limit + 1 slots) and the meta-update
+loops over a tensor count of task pairs. Per-phase wall time accumulates in `timings`.
 """
 import math
 import time
@@ -32,6 +15,7 @@ import tensorflow as tf
 from wtl_tf import inner_loop as inner_lib
 from wtl_tf.learners.online import base as online_base
 from wtl_tf.learners.online.base import OnlineLearner
+from wtl_tf.errors import ConfigError
 
 PHASES = ('evaluation', 'adaptation', 'detection', 'meta_update', 'buffer')
 
@@ -64,11 +48,9 @@ class ContinualMAML(OnlineLearner):
     gamma: task-boundary threshold on the loss jump; detection is on only for 0 < gamma < 100 (OSAKA's rule).
     update_lambda: lambda of the update modulation w = 1 - exp(-lambda * L); None = w = 1.
     buffer_limit: the meta-update happens when more than this many steps are buffered (OSAKA: 2 * 50).
-    prolonged: adapt from the previous phi unless a boundary was detected at the previous step (False: always from
-      theta).
+    prolonged: adapt from the previous phi unless the previous step was a detected boundary (False: from theta).
     meta_learning: meta-update theta and m on the stream (False: OSAKA's never_retrain MAML/ANIL baselines).
-    images_per_step, image_shape, dtype: the static shape and type of a stream step's images (the buffer is
-      allocated once).
+    images_per_step, image_shape, dtype: static shape and type of a step's images (the buffer is allocated once).
   """
 
   name = 'c_maml'
@@ -79,9 +61,9 @@ class ContinualMAML(OnlineLearner):
                image_shape: Sequence[int] = (28, 28, 1), dtype: str = 'float32', seed: int = 0,
                jit_compile: bool = False, tasks_in_flight: int = 1, name: Optional[str] = None):
     online_base.check_positive_int('ContinualMAML', buffer_limit=buffer_limit, images_per_step=images_per_step)
-    online_base.check_finite('ContinualMAML', gamma=gamma, update_lambda=update_lambda)
+    online_base.check_finite_settings('ContinualMAML', gamma=gamma, update_lambda=update_lambda)
     if update_lambda is not None and update_lambda < 0:
-      raise ValueError(f'ContinualMAML.update_lambda must be >= 0 or None, got {update_lambda}')
+      raise ConfigError(f'ContinualMAML.update_lambda must be >= 0 or None, got {update_lambda}')
     kwargs = {'optimizer': optimizer} if optimizer else {}
     super().__init__(model_fn, modulation, inner_loop, mask_optimizer=mask_optimizer, seed=seed,
                      jit_compile=jit_compile, tasks_in_flight=tasks_in_flight, name=name, **kwargs)
@@ -112,12 +94,12 @@ class ContinualMAML(OnlineLearner):
 
   # -- compiled pieces ---------------------------------------------------------------------------------
   def _loss_acc_fn(self, x, y):
-    logits = self.logits(self._read(self.fast), x)
+    logits = self.logits(self.read(self.fast), x)
     return inner_lib.cross_entropy(y, logits), online_base.accuracy(y, logits)
 
   def _adapt_fn(self, x, y, from_theta):
-    start = [tf.where(from_theta, t, p) for t, p in zip(self._read(self.theta), self._read(self.fast))]
-    fast = self.adapt(start, x, y)
+    start = [tf.where(from_theta, t, p) for t, p in zip(self.read(self.theta), self.read(self.fast))]
+    fast = self.adapt(start, x, y, key=self.noise_key(0, self.take_noise_positions(1)))
     for v, p in zip(self.fast, fast):
       v.assign(p)
     return tf.reduce_sum(fast[-1])  # Something to wait for.
@@ -133,7 +115,8 @@ class ContinualMAML(OnlineLearner):
 
     loss, _, grads = self.mean_task_gradients(task, n2 - h)
     weight = tf.ones_like(loss) if self.update_lambda is None else 1.0 - tf.exp(-self.update_lambda * loss)
-    self.apply_gradients([weight * g for g in grads])
+    grads = [weight * g for g in grads]
+    self.apply_gradients(grads[:len(self.theta)], grads[len(self.theta):])
     return loss, weight
 
   def _push_fn(self, x, y, slot):
@@ -162,7 +145,8 @@ class ContinualMAML(OnlineLearner):
     loss_before, acc = self._timed('evaluation', self._loss_acc, x, y)
     from_theta = self.last_tbd or not self.prolonged
     self._timed('adaptation', self._adapt, x, y, tf.constant(from_theta))
-    out = {'accuracy': float(acc), 'loss': float(loss_before), 'tbd': False, 'meta_update': False}
+    out = {'accuracy': float(acc), 'loss': self.check_finite(loss_before, 'on a stream step'), 'tbd': False,
+           'meta_update': False}
     if not self.meta_learning:
       return out
     tbd = False
@@ -172,8 +156,8 @@ class ContinualMAML(OnlineLearner):
       out['loss_after'] = float(loss_after)
     if (tbd and self.buffered) or self.buffered > self.buffer_limit:
       meta_loss, weight = self._timed('meta_update', self._meta_update, tf.constant(self.buffered))
-      out.update(meta_update=True, meta_loss=float(meta_loss), update_weight=float(weight),
-                 meta_tasks=len(buffer_pairs(self.buffered)))
+      out.update(meta_update=True, meta_loss=self.check_finite(meta_loss, 'in a meta-update'),
+                 update_weight=float(weight), meta_tasks=len(buffer_pairs(self.buffered)))
       self.buffered = 0
     else:
       self._timed('buffer', self._push, x, y, tf.constant(self.buffered))

@@ -1,0 +1,112 @@
+"""tools/reproduce.py: the paper's numbers per row, sweeps over seeds that resume instead of redoing (few-shot,
+continual, online), and one-line errors before any run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.continual_experiment_test import tiny_mnist  # pylint: disable=unused-import  (a fixture)
+from tests.online_experiment_test import specs  # pylint: disable=unused-import  (a fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+import paper  # pylint: disable=g-import-not-at-top,wrong-import-position
+import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_paper_values_per_row():
+  assert paper.fewshot('sparse_maml_conv4_miniimagenet_5w5s') == {
+      'test_accuracy': (67.03, 0.74), 'sparsity': (74.98, 0.10)}
+  cross = paper.fewshot('sparse_maml_plus_conv4_miniimagenet_5w1s_crossdomain')
+  assert cross['cross_domain/cub'] == (43.43, 1.04) and cross['test_accuracy'] == (51.04, 0.59)
+  assert paper.fewshot('sparse_relu_maml_resnet12_miniimagenet_5w5s') == {'test_accuracy': (73.01, 0.24)}
+  assert paper.fewshot('boil_resnet12_miniimagenet_5w1s') == {}  # Not in the paper.
+  assert paper.fewshot('fig2/sparse_maml_conv4_miniimagenet_5w1s_k15') == {}
+  assert paper.continual('rotations', 'sparse_la_maml') == {'ra': (77.77, 0.58), 'bti': (-8.16, 0.61)}
+  assert paper.continual('rotations', 'er') == {}
+  assert paper.online(0.98, 'c_maml') == (92.8, 0.6) and paper.online(0.9, 'sparse_relu_c_maml') == (86.1, 0.2)
+  rows = reproduce.fewshot_rows()
+  assert 'fig2/sparse_maml_conv4_miniimagenet_5w1s_k15' in rows and 'base' not in rows and 'smoke' not in rows
+  assert not any(r.startswith('learners/') for r in rows)
+  assert {'la_maml', 'sparse_la_maml', 'baseline', 'gem', 'mer', 'er'} <= set(reproduce.learner_rows(
+      'continual', 'many_permutations'))
+  assert len(reproduce.learner_rows('online', 'p090')) == 7
+
+
+def test_fewshot_smoke_sweep_resumes_and_aggregates(tmp_path, capsys):
+  args = ['--setting=fewshot', '--rows=sparse_maml_conv4_omniglot_5w1s', '--smoke', '--synthetic',
+          f'--workdir={tmp_path}', '--gin_param=run_fewshot.meta_batch_size=2']
+  reproduce.main(args + ['--seeds=0'])
+  row_dir = tmp_path / 'sparse_maml_conv4_omniglot_5w1s_smoke_synthetic'
+  stamp = os.path.getmtime(row_dir / 'seed_0' / 'results.json')
+  summary = reproduce.main(args + ['--seeds=0,1'])['sparse_maml_conv4_omniglot_5w1s']
+  assert os.path.getmtime(row_dir / 'seed_0' / 'results.json') == stamp  # Seed 0 was read back, not rerun.
+  assert summary['test_accuracy'][2] == 2 and 0 <= summary['test_accuracy'][0] <= 100
+  assert 30 < summary['sparsity'][0] < 70
+  with open(row_dir / 'summary.json', encoding='utf-8') as f:
+    saved = json.load(f)
+  assert saved['seeds'] == [0, 1] and saved['ours']['test_accuracy']['n'] == 2
+  assert '| test_accuracy |' in capsys.readouterr().out and (row_dir / 'table.md').exists()
+
+
+def test_continual_sweep_resumes_and_plots(tiny_mnist, tmp_path, capsys):  # pylint: disable=redefined-outer-name
+  args = ['--setting=continual', '--benchmark=rotations', '--learners=la_maml', '--smoke', f'--workdir={tmp_path}',
+          f'--gin_param=Benchmark.raw_dir="{tiny_mnist}"', f'--gin_param=Benchmark.records_dir="{tmp_path}/records"']
+  reproduce.main(args + ['--seeds=0'])
+  first = tmp_path / 'rotations_smoke' / 'la_maml' / 'seed_0' / 'results.json'
+  stamp = os.path.getmtime(first)
+  summary = reproduce.main(args + ['--seeds=0,1'])
+  assert os.path.getmtime(first) == stamp
+  assert summary['la_maml']['seeds'] == [0, 1] and len(summary['la_maml']['ra_runs']) == 2
+  out = capsys.readouterr().out
+  assert '| la_maml |' in out and '77.42 ± 0.65' in out  # Next to the paper's Table-5 cell.
+  assert (tmp_path / 'rotations_smoke' / 'sparsity.png').exists()
+
+
+def test_online_column_resumes_and_shares_pretraining(specs, tmp_path, capsys):  # pylint: disable=redefined-outer-name
+  params = [f"run_online.{k}_records='{v}'" for k, v in specs.items()] + [
+      'run_online.model_fn=@osaka_convnet', 'osaka_convnet.hidden_size=8', 'c_maml/InnerLoop.num_steps=1',
+      'Pretraining.train_classes=(0, 20)', 'Pretraining.val_classes=(20, 30)', 'run_online.num_steps=20']
+  args = ['--setting=online', '--p=0.98', '--learners=c_maml', '--smoke', f'--workdir={tmp_path}'] + [
+      f'--gin_param={p}' for p in params]
+  reproduce.main(args + ['--seeds=0'])
+  first = tmp_path / 'p098_smoke' / 'c_maml' / 'seed_0' / 'results.json'
+  stamp = os.path.getmtime(first)
+  summary = reproduce.main(args + ['--seeds=0,1'])
+  assert os.path.getmtime(first) == stamp  # Seed 0 was read back, not rerun.
+  assert len(summary['c_maml']['cumulative_runs']) == 2 and 0 <= summary['c_maml']['cumulative'][0] <= 100
+  with open(tmp_path / 'p098_smoke' / 'c_maml' / 'seed_1' / 'results.json', encoding='utf-8') as f:
+    assert json.load(f)['pretraining']['reused']  # Seed 1 took seed 0's pre-trained model.
+  out = capsys.readouterr().out
+  assert '| c_maml |' in out and '92.8 ± 0.6' in out and (tmp_path / 'p098_smoke' / 'cumulative.png').exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--setting=tables'], 'setting'),
+    (['--rows=sparse_maml_conv4_omniglot_5w1s'], '--setting is required'),
+    (['--setting=fewshot', '--rowz=x'], "Unknown command line flag 'rowz'"),
+    (['--setting=fewshot', '--rows=no_such_row'], "no gin file for row 'no_such_row'"),
+    (['--setting=fewshot', '--short', '--rows=sparse_maml_conv4_omniglot_5w1s'], '--short does not apply'),
+    (['--setting=online', '--p=0.5'], '--p must be one of'),
+    (['--setting=continual', '--learners=nope'], 'no gin file gin/continual/rotations_nope.gin'),
+    (['--setting=continual', '--seeds=0,x'], '--seeds must be'),
+    (['--setting=continual', '--gin_param=la_maml/LaMAML.glancez=3'], "doesn't have a parameter named 'glancez'"),
+])
+def test_bad_flags_and_gin_are_one_line_before_any_run(tmp_path, args, message):
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'reproduce.py'), f'--workdir={tmp_path}',
+                        *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert out.returncode == 2, out.stderr
+  errors = [line for line in out.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and message in errors[0], out.stderr
+  assert 'Traceback' not in out.stderr and os.listdir(tmp_path) == []  # Nothing ran.
+
+
+def test_list_and_help(capsys):
+  reproduce.main(['--setting=online', '--p=0.9', '--list'])
+  assert 'sparse_relu_c_maml' in capsys.readouterr().out.split()
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'reproduce.py'), '--help'], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300)
+  assert out.returncode == 0 and '--setting' in out.stdout and '--gin_param' in out.stdout

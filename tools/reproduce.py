@@ -1,0 +1,492 @@
+"""Reproduces the paper's tables over seeds and prints mean ± std next to the paper's numbers (tools/paper.py).
+
+  python tools/reproduce.py --setting=fewshot --rows=sparse_maml_conv4_miniimagenet_5w5s [--smoke] [--synthetic]
+  python tools/reproduce.py --setting=continual --benchmark=rotations --learners=la_maml,sparse_la_maml
+  python tools/reproduce.py --setting=online --p=0.98 --learners=c_maml,sparse_c_maml [--short]
+      common: [--seeds=0,1,2,3,4] [--workdir=DIR] [--gin_file=FILE ...] [--gin_param='name=value' ...] [--list]
+
+Every (row or learner, seed) is one ordinary run, `python -m wtl_tf.main --gin_file=<row>.gin` plus the seed, in its
+own process and run directory:
+  fewshot    a row is a gin file under gin/fewshot/ (without .gin, e.g. `fig2/maml_conv4_miniimagenet_5w1s_k15`);
+             runs in <workdir>/<row>/seed_<s>, the fixed evaluation episodes shared by all seeds (<workdir>/<row>/
+             episodes). Tables 1-4. Full rows need an accelerator (a ConvNet sparse-MAML row is ~40k meta-updates
+             with K = 35 on 84x84 images). `--smoke` shrinks any row to minutes on a CPU (gin/fewshot/smoke.gin and
+             a 32-wide sparse-MAML+ generator); `--synthetic` swaps the datasets for synthetic ones of the same image
+             shape, so no data is needed. Neither gives numbers to compare with the paper.
+  continual  gin/continual/<benchmark>_<learner>.gin with run_continual.seed and Benchmark.seed set to the seed, in
+             <workdir>/<benchmark>/<learner>/seed_<s>. Table 5 (RA, BTI); plot: sparsity.png (per-layer sparsity after
+             each task, Figure-3 style, mean over seeds). `--smoke`: 2 tasks x 20 samples.
+  online     gin/online/p<098|090>_<learner>.gin with run_online.seed set, in <workdir>/p<098|090>/<learner>/seed_<s>.
+             Table 6 (cumulative accuracy); plot: cumulative.png (mean cumulative-accuracy curves). All runs share one
+             pre-training cache (<workdir>/pretrained): a learner is pre-trained once (by its first seed) and the other
+             seeds reuse it, as in OSAKA. `--short` adds gin/online/short.gin (T = 2000, at most 3 pre-training
+             epochs); `--smoke` adds gin/online/smoke.gin (60 steps, a 1-epoch pre-training of 3 meta-batches).
+`--smoke`, `--short` and `--synthetic` runs go to directories with that suffix (<row>_smoke, p098_short, ...), so
+they never mix with full runs.
+
+Finished runs (a results.json that parses) are read back, not rerun, and interrupted ones resume from their last
+checkpoint, so rerunning the same command continues a half-finished sweep; adding seeds or learners runs only those.
+The summary (table.md: mean ± std with ddof 0, next to the paper; summary.json with the numbers) goes next to the
+runs. Bad flags, rows or gin bindings are reported as one `error: ...` line (exit code 2) before any run starts.
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+if __name__ == '__main__':
+  from wtl_tf import console  # pylint: disable=g-import-not-at-top,wrong-import-position
+  console.quiet()  # Before anything imports TensorFlow.
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import paper  # pylint: disable=g-import-not-at-top,wrong-import-position  (tools/paper.py, next to this file)
+
+GIN_DIR = os.path.join(ROOT, 'gin')
+SETTINGS = ('fewshot', 'continual', 'online')
+BENCHMARKS = ('rotations', 'permutations', 'many_permutations')
+COLUMNS = {0.98: 'p098', 0.9: 'p090'}
+DATASETS = ('omniglot', 'mnist', 'fashion_mnist')
+DEFAULT_LEARNERS = {'continual': ['la_maml', 'sparse_la_maml'],
+                    'online': ['c_maml', 'sparse_c_maml', 'sparse_relu_c_maml']}
+DEFAULT_WORKDIRS = {'fewshot': 'runs/fewshot', 'continual': 'runs/table5', 'online': 'runs/table6'}
+CONTINUAL_SMOKE = ['Benchmark.num_tasks = 2', 'Benchmark.samples_per_task = 20']
+
+# Our own FlagValues, so that importing this module next to wtl_tf.main (which defines --gin_file, --gin_param and
+# --workdir on absl's global FLAGS) is no clash.
+FLAGS = flags.FlagValues()
+flags.DEFINE_enum('setting', None, SETTINGS, 'Which paper setting (table) to reproduce.', flag_values=FLAGS)
+flags.DEFINE_list('rows', [], 'fewshot: gin/fewshot rows (e.g. sparse_maml_conv4_miniimagenet_5w5s); see --list.',
+                  flag_values=FLAGS)
+flags.DEFINE_alias('row', 'rows', flag_values=FLAGS)
+flags.DEFINE_enum('benchmark', 'rotations', BENCHMARKS, 'continual: the MNIST benchmark (Table 5).', flag_values=FLAGS)
+flags.DEFINE_float('p', 0.98, 'online: the OSAKA column, 0.98 or 0.9 (Table 6).', flag_values=FLAGS)
+flags.DEFINE_list('learners', None, 'continual/online: learners (default: continual la_maml,sparse_la_maml; online '
+                  'c_maml,sparse_c_maml,sparse_relu_c_maml); see --list.', flag_values=FLAGS)
+flags.DEFINE_list('seeds', ['0', '1', '2', '3', '4'], 'Seeds (paper: 5; 3 for the ResNet-12 rows).', flag_values=FLAGS)
+flags.DEFINE_string('workdir', None, 'Sweep directory (default runs/fewshot, runs/table5 or runs/table6).',
+                    flag_values=FLAGS)
+flags.DEFINE_bool('smoke', False, 'Shrink every run to minutes on a CPU (not a result).', flag_values=FLAGS)
+flags.DEFINE_bool('short', False, 'online: T = 2000 and at most 3 pre-training epochs (gin/online/short.gin).',
+                  flag_values=FLAGS)
+flags.DEFINE_bool('synthetic', False, 'fewshot: synthetic data of the same image shape (not a result).',
+                  flag_values=FLAGS)
+flags.DEFINE_multi_string('gin_file', [], 'Extra gin files for every run (after the row).', flag_values=FLAGS)
+flags.DEFINE_multi_string('gin_param', [], 'Extra gin bindings for every run.', flag_values=FLAGS)
+flags.DEFINE_bool('list', False, 'List the rows (fewshot) or learners (continual, online) and exit.',
+                  flag_values=FLAGS)
+
+
+class UsageError(Exception):
+  """A bad flag, row or gin binding: reported as one `error: ...` line, exit code 2, before any run."""
+
+
+class RunFailed(Exception):
+  """A run exited with an error (its own process printed why); rerunning the command resumes it."""
+
+
+# Rows, run directories and gin files of each setting.
+
+
+def fewshot_rows():
+  paths = sorted(glob.glob(os.path.join(GIN_DIR, 'fewshot', '**', '*.gin'), recursive=True))
+  layers = ('conv4_miniimagenet', 'resnet12_miniimagenet', 'conv4_omniglot', 'cross_domain')
+  return [os.path.relpath(p, os.path.join(GIN_DIR, 'fewshot'))[:-4] for p in paths
+          if '_' in os.path.basename(p) and os.sep + 'learners' + os.sep not in p
+          and os.path.basename(p)[:-4] not in layers]
+
+
+def learner_rows(setting, prefix):
+  """Learners that have a row file gin/<setting>/<prefix>_<learner>.gin."""
+  paths = glob.glob(os.path.join(GIN_DIR, setting, f'{prefix}_*.gin'))
+  return sorted(os.path.basename(p)[len(prefix) + 1:-4] for p in paths)
+
+
+def fewshot_gin(row):
+  path = row if row.endswith('.gin') else os.path.join(GIN_DIR, 'fewshot', row + '.gin')
+  if not os.path.exists(path):
+    raise UsageError(f'no gin file for row {row!r} ({os.path.relpath(path, ROOT)}); see --setting=fewshot --list')
+  return path
+
+
+def synthetic_params(row):
+  """Gin bindings that replace a few-shot row's datasets by synthetic ones of the same image shape."""
+  from wtl_tf.data.fewshot import KNOWN_SHAPES  # pylint: disable=g-import-not-at-top
+  name = os.path.basename(row)
+  dataset = next((d for d in KNOWN_SHAPES if f'_{d}_' in name), None)
+  if dataset is None:
+    raise UsageError(f'--synthetic: cannot tell the dataset of row {row!r}')
+  shape = KNOWN_SHAPES[dataset]
+  params = ['run_fewshot.data = @SyntheticData()', f'SyntheticData.image_shape = {tuple(shape)}',
+            f"SyntheticData.name = 'synthetic_{dataset}'"]
+  if 'crossdomain' in name:
+    params.append("run_fewshot.cross_domain = {'tieredimagenet': @tiered/SyntheticData(), "
+                  "'cub': @cub/SyntheticData(), 'cars': @cars/SyntheticData()}")
+    params += [f'{scope}/SyntheticData.seed = {i + 1}' for i, scope in enumerate(('tiered', 'cub', 'cars'))]
+  return params
+
+
+def suffix():
+  return ''.join(f'_{name}' for name in ('smoke', 'short', 'synthetic') if FLAGS[name].value)
+
+
+class Run:
+  """One (row or learner, seed): its gin files and bindings and its run directory."""
+
+  def __init__(self, label, name, seed, run_dir, gin_files, gin_params):
+    self.label, self.name, self.seed, self.run_dir = label, name, seed, run_dir
+    self.gin_files, self.gin_params = gin_files, gin_params
+
+  @property
+  def results_path(self):
+    return os.path.join(self.run_dir, 'results.json')
+
+  def finished_results(self):
+    try:
+      with open(self.results_path, encoding='utf-8') as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return None
+
+
+def plan(setting, seeds, workdir):
+  """{group directory: [Run]}: what the flags ask for, every gin file checked to exist."""
+  extra_files = [os.path.abspath(f) if os.path.exists(f) else f for f in FLAGS.gin_file]
+  groups = {}
+  if setting == 'fewshot':
+    if not FLAGS.rows:
+      raise UsageError('--setting=fewshot needs --rows (see --setting=fewshot --list)')
+    for row in FLAGS.rows:
+      files = [fewshot_gin(row)] + ([os.path.join(GIN_DIR, 'fewshot', 'smoke.gin')] if FLAGS.smoke else [])
+      row_dir = os.path.join(workdir, row + suffix())
+      common = [f"run_fewshot.episodes_dir = '{os.path.join(row_dir, 'episodes')}'",
+                'run_fewshot.show_progress = False']
+      common += ['NoisyBinaryMask.hidden_size = 32'] if FLAGS.smoke else []
+      common += synthetic_params(row) if FLAGS.synthetic else []
+      groups[row_dir] = [Run(row + suffix(), row, s, os.path.join(row_dir, f'seed_{s}'), files + extra_files,
+                             [f'run_fewshot.seed = {s}'] + common + FLAGS.gin_param) for s in seeds]
+    return groups
+  if setting == 'continual':
+    prefix, base = FLAGS.benchmark, os.path.join(workdir, FLAGS.benchmark + suffix())
+    seed_params = lambda s: [f'run_continual.seed = {s}', f'Benchmark.seed = {s}', 'run_continual.show_progress = False']
+    files = []
+    smoke = CONTINUAL_SMOKE if FLAGS.smoke else []
+  else:
+    prefix = COLUMNS[FLAGS.p]
+    base = os.path.join(workdir, prefix + suffix())
+    cache = os.path.join(workdir, 'pretrained')
+    seed_params = lambda s: [f'run_online.seed = {s}', 'run_online.show_progress = False',
+                             f"run_online.pretrain_cache = '{cache}'"]
+    files = [os.path.join(GIN_DIR, 'online', f'{name}.gin') for name, on in (('short', FLAGS.short),
+                                                                               ('smoke', FLAGS.smoke)) if on]
+    smoke = []
+  learners = FLAGS.learners or DEFAULT_LEARNERS[setting]
+  runs = []
+  for learner in learners:
+    row = os.path.join(GIN_DIR, setting, f'{prefix}_{learner}.gin')
+    if not os.path.exists(row):
+      raise UsageError(f'no gin file gin/{setting}/{prefix}_{learner}.gin (learners: '
+                       f'{",".join(learner_rows(setting, prefix))})')
+    runs += [Run(f'{prefix}{suffix()} {learner}', learner, s, os.path.join(base, learner, f'seed_{s}'),
+                 [row] + files + extra_files, seed_params(s) + smoke + FLAGS.gin_param) for s in seeds]
+  groups[base] = runs
+  return groups
+
+
+def check_gin(runs):
+  """Parses every distinct configuration in this process, so a bad binding stops the sweep before any work."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from wtl_tf import main as wtl_main  # pylint: disable=g-import-not-at-top
+  seen = set()
+  for run in runs:
+    key = (tuple(run.gin_files), tuple(p for p in run.gin_params if '.seed' not in p))
+    if key in seen:
+      continue
+    seen.add(key)
+    gin.clear_config()
+    try:
+      wtl_main.parse_config(run.gin_files, run.gin_params)
+    except wtl_main.ConfigError as e:
+      raise UsageError(f'{run.label}: {e}') from None
+    finally:
+      gin.clear_config()
+
+
+def execute(run):
+  """Runs (or resumes) one run unless it is finished; returns its results.json."""
+  result = run.finished_results()
+  if result is not None:
+    return result
+  cmd = [sys.executable, '-m', 'wtl_tf.main', f'--workdir={run.run_dir}'] + [
+      f'--gin_file={f}' for f in run.gin_files] + [f'--gin_param={p}' for p in run.gin_params]
+  print(f'[{run.label} seed {run.seed}] ' + ' '.join(cmd[1:]), flush=True)
+  proc = subprocess.run(cmd, cwd=ROOT, check=False)
+  result = run.finished_results()
+  if proc.returncode or result is None:
+    raise RunFailed(f'{run.label} seed {run.seed} failed (exit code {proc.returncode}, run directory {run.run_dir}); '
+                    'rerun the same command to resume')
+  return result
+
+
+# Summaries.
+
+
+def mean_std(values):
+  """(mean, std) with ddof 0 over the values that are not None; NaNs when there are none."""
+  values = np.asarray([v for v in values if v is not None], np.float64)
+  return (float(values.mean()), float(values.std())) if len(values) else (float('nan'), float('nan'))
+
+
+def fmt(pair, digits=2):
+  if pair is None or pair[0] != pair[0]:  # Absent, or NaN: no run saw it.
+    return '-'
+  return f'{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}'
+
+
+def summarize_fewshot(row, runs, results, row_dir):
+  """{metric: (mean %, std %, n)}: test accuracy, overall sparsity, cross-domain accuracies; writes table.md."""
+  metrics = {'test_accuracy': [r['test_accuracy'] for r in results],
+             'sparsity': [r['sparsity']['overall'] for r in results]}
+  for r in results:
+    for dataset, acc in r.get('cross_domain', {}).items():
+      metrics.setdefault(f'cross_domain/{dataset}', []).append(acc)
+  summary = {k: (100 * float(np.mean(v)), 100 * float(np.std(v)), len(v)) for k, v in metrics.items()}
+  reference = paper.fewshot(row)
+  seeds = [run.seed for run in runs]
+  lines = [f'{row}{suffix()}: {len(seeds)} seeds ({",".join(map(str, seeds))}); in %, mean ± std (ddof 0)', '',
+           '| metric | ours | paper |', '|---|---|---|']
+  lines += [f'| {metric} | {fmt((m, s))} | {fmt(reference.get(metric))} |' for metric, (m, s, _) in summary.items()]
+  saved = {'row': row, 'seeds': seeds, 'smoke': FLAGS.smoke, 'synthetic': FLAGS.synthetic,
+           'ours': {k: {'mean': m, 'std': s, 'n': n} for k, (m, s, n) in summary.items()},
+           'paper': {k: {'mean': m, 'std': s} for k, (m, s) in reference.items()}}
+  _write(row_dir, '\n'.join(lines), saved)
+  return summary
+
+
+def load_task_sparsity(run_dir):
+  """Sparsity by parameter group after each task (the eval records of metrics.jsonl)."""
+  rows = []
+  with open(os.path.join(run_dir, 'metrics.jsonl'), encoding='utf-8') as f:
+    for line in f:
+      record = json.loads(line)
+      if record['split'] == 'eval':
+        rows.append((record['task'], record['sparsity']))
+  rows = dict(rows)  # A resumed run may repeat a task's record; the last one wins.
+  return [rows[t] for t in sorted(rows)]
+
+
+def summarize_continual(by_learner, base):
+  summary, curves = {}, {}
+  seeds = []
+  for learner, pairs in by_learner.items():
+    seeds = [run.seed for run, _ in pairs]
+    results = [r for _, r in pairs]
+    sparsity = [load_task_sparsity(run.run_dir) for run, _ in pairs]
+    ra = np.array([100 * r['ra'] for r in results])
+    bti = np.array([100 * r['bti'] for r in results])
+    groups = [g for g in sparsity[0][0] if g != 'overall'] + ['overall']
+    summary[learner] = {
+        'ra': mean_std(ra), 'bti': mean_std(bti),
+        'sparsity': mean_std([100 * r['sparsity']['overall'] for r in results]),
+        'wall_seconds': float(np.mean([r['wall_seconds'] for r in results])), 'seeds': seeds,
+        'ra_runs': ra.tolist(), 'bti_runs': bti.tolist(),
+        'final_sparsity_by_group': {g: float(np.mean([100 * s[-1][g] for s in sparsity])) for g in groups}}
+    curves[learner] = {g: list(np.mean([[step[g] for step in s] for s in sparsity], axis=0)) for g in groups}
+  title = f'MNIST {FLAGS.benchmark}{suffix()}'
+  lines = [f'{title}, {len(seeds)} seeds ({",".join(map(str, seeds))}); RA / BTI in %, mean ± std (ddof 0)', '',
+           '| learner | RA (ours) | RA (paper) | BTI (ours) | BTI (paper) | sparsity % | s / run |',
+           '|---|---|---|---|---|---|---|']
+  for learner, s in summary.items():
+    reference = paper.continual(FLAGS.benchmark, learner)
+    lines.append(f'| {learner} | {fmt(s["ra"])} | {fmt(reference.get("ra"))} | {fmt(s["bti"])} | '
+                 f'{fmt(reference.get("bti"))} | {s["sparsity"][0]:.1f} | {s["wall_seconds"]:.0f} |')
+  lines += ['', 'Final sparsity by parameter group (%, mean over seeds):', '']
+  for learner, s in summary.items():
+    lines.append(f'- {learner}: ' + ', '.join(f'{g} {v:.1f}' for g, v in s['final_sparsity_by_group'].items()))
+  _write(base, '\n'.join(lines), summary)
+  from wtl_tf import plots  # pylint: disable=g-import-not-at-top
+  num_tasks = len(next(iter(curves.values()))['overall'])
+  plots.sparsity_over_time(curves, {l: list(range(1, num_tasks + 1)) for l in curves},
+                           os.path.join(base, 'sparsity.png'), xlabel='tasks learned',
+                           title=f'{title}: sparsity per layer after each task (mean of {len(seeds)} seeds)')
+  print(f'wrote {base}/table.md, summary.json, sparsity.png')
+  return summary
+
+
+def summarize_online(by_learner, base):
+  summary, curves = {}, {}
+  seeds = []
+  for learner, pairs in by_learner.items():
+    results = [r for _, r in pairs]
+    seeds = [run.seed for run, _ in pairs]
+    summary[learner] = {
+        'cumulative': mean_std([100 * r['cumulative_accuracy'] for r in results]),
+        'per_dataset': {d: mean_std([100 * r['per_dataset'][d] if r['per_dataset'][d] is not None else None
+                                     for r in results]) for d in DATASETS},
+        'sparsity': mean_std([100 * r['sparsity']['overall'] for r in results]),
+        'steps_per_second': mean_std([r['stream_steps_per_second'] for r in results]),
+        'stream_minutes': mean_std([r['wall_seconds'] / 60 for r in results]),
+        'pretrain_epochs': mean_std([(r['pretraining'] or {}).get('epochs') for r in results]),
+        'num_steps': results[0]['num_steps'], 'seeds': [r['seed'] for r in results],
+        'cumulative_runs': [100 * r['cumulative_accuracy'] for r in results]}
+    cumulative = []
+    for run, _ in pairs:
+      accuracy = np.load(os.path.join(run.run_dir, 'stream.npz'))['accuracy']
+      cumulative.append(np.cumsum(accuracy) / np.arange(1, len(accuracy) + 1))
+    curves[learner] = np.mean(cumulative, axis=0)
+  steps = sorted({s['num_steps'] for s in summary.values()})
+  lines = [f'OSAKA, p = {FLAGS.p}{suffix().replace("_", " ")}, T = {"/".join(map(str, steps))}, {len(seeds)} seeds '
+           f'({",".join(map(str, seeds))}); cumulative accuracy in %, mean ± std (ddof 0). Paper: T = 10000, 5 seeds.',
+           '', '| learner | ours | paper | Omniglot | MNIST | Fashion-MNIST | sparsity % | steps/s | pre-train epochs |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for learner, s in summary.items():
+    epochs = s['pretrain_epochs'][0]
+    lines.append(f'| {learner} | {fmt(s["cumulative"], 1)} | {fmt(paper.online(FLAGS.p, learner), 1)} | '
+                 + ' | '.join(fmt(s['per_dataset'][d], 1) for d in DATASETS)
+                 + f' | {s["sparsity"][0]:.1f} | {s["steps_per_second"][0]:.2f} | '
+                 + (f'{epochs:.0f} |' if epochs == epochs else '- |'))
+  others = [k for k in paper.TABLE_6[FLAGS.p] if k not in summary]
+  lines += ['', 'Paper rows not run here: ' + ', '.join(f'{k} {fmt(paper.online(FLAGS.p, k), 1)}' for k in others)]
+  _write(base, '\n'.join(lines), summary)
+  _plot_cumulative(curves, os.path.join(base, 'cumulative.png'),
+                   f'OSAKA p = {FLAGS.p}: cumulative accuracy (mean of {len(seeds)} seeds)')
+  print(f'wrote {base}/table.md, summary.json, cumulative.png')
+  return summary
+
+
+def _plot_cumulative(curves, path, title):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(8, 4))
+  for learner, curve in curves.items():
+    ax.plot(np.arange(1, len(curve) + 1), 100 * curve, label=learner)
+  ax.set_xlabel('stream step')
+  ax.set_ylabel('cumulative accuracy (%)')
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _write(directory, table, summary):
+  from wtl_tf import rundir  # pylint: disable=g-import-not-at-top
+  print(table)
+  sweep = rundir.RunDir(directory)
+  sweep.write_text_atomic('table.md', table + '\n')
+  sweep.write_json_atomic('summary.json', summary)
+
+
+# Flags and the sweep.
+
+
+def _help_text():
+  return __doc__ + '\nflags:\n' + FLAGS.get_help(include_special_flags=False)
+
+
+def parse_flags(argv):
+  """Parses argv (argv[0] is the program) into FLAGS; every problem becomes a UsageError."""
+  if any(a in ('-h', '-?', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
+    print(_help_text())
+    sys.exit(0)
+  FLAGS.unparse_flags()
+  try:
+    rest = FLAGS(list(argv), known_only=True)
+    if not flags.FLAGS.is_parsed() or len(rest) > 1:
+      rest = flags.FLAGS(rest)  # absl's own flags (--verbosity, ...); an unknown flag is an error here.
+  except flags.Error as e:
+    raise UsageError(str(e)) from None
+  if len(rest) > 1:
+    raise UsageError(f'unexpected arguments: {" ".join(rest[1:])}')
+  if FLAGS.setting is None:
+    raise UsageError(f'--setting is required: one of {", ".join(SETTINGS)}')
+  only = {'rows': 'fewshot', 'synthetic': 'fewshot', 'short': 'online', 'p': 'online', 'benchmark': 'continual',
+          'learners': ('continual', 'online')}
+  for name, settings in only.items():
+    if FLAGS[name].present and FLAGS.setting not in settings:
+      raise UsageError(f'--{name} does not apply to --setting={FLAGS.setting}')
+  if FLAGS.p not in COLUMNS:
+    raise UsageError(f'--p must be one of {", ".join(map(str, COLUMNS))} (Table 6), got {FLAGS.p}')
+  try:
+    seeds = [int(s) for s in FLAGS.seeds]
+  except ValueError:
+    raise UsageError(f'--seeds must be comma-separated integers, got {",".join(FLAGS.seeds)}') from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise UsageError(f'--seeds must be distinct integers, got {",".join(FLAGS.seeds)}')
+  for path in FLAGS.gin_file:
+    if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_DIR, path)):
+      raise UsageError(f'Gin file not found: {path}')
+  return seeds
+
+
+def sweep(seeds):
+  """Runs what the parsed flags ask for; returns {row or learner: summary}."""
+  setting = FLAGS.setting
+  if FLAGS.list:
+    prefix = {'continual': FLAGS.benchmark, 'online': COLUMNS[FLAGS.p]}.get(setting)
+    print('\n'.join(fewshot_rows() if setting == 'fewshot' else learner_rows(setting, prefix)))
+    return None
+  workdir = os.path.abspath(FLAGS.workdir or DEFAULT_WORKDIRS[setting])
+  groups = plan(setting, seeds, workdir)
+  check_gin([run for runs in groups.values() for run in runs])
+  out = {}
+  for group_dir, runs in groups.items():
+    results = [(run, execute(run)) for run in runs]
+    if setting == 'fewshot':
+      out[runs[0].name] = summarize_fewshot(runs[0].name, runs, [r for _, r in results], group_dir)
+      continue
+    by_learner = {}
+    for run, result in results:
+      by_learner.setdefault(run.name, []).append((run, result))
+    summarize = summarize_continual if setting == 'continual' else summarize_online
+    out.update(summarize(by_learner, group_dir))
+  return out
+
+
+def _fail(message, code=2):
+  print(f'error: {message}'.replace('\n', ' '), file=sys.stderr)
+  sys.exit(code)
+
+
+def main(argv=None):
+  """Parses argv (without the program name; sys.argv[1:] by default), runs the sweep, returns its summaries."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    seeds = parse_flags([sys.argv[0]] + argv)
+    return sweep(seeds)
+  except UsageError as e:
+    _fail(e)
+  except RunFailed as e:
+    _fail(e, code=1)
+
+
+def _app_main(argv):
+  del argv  # Parsed by _app_flags.
+  try:
+    sweep(_SEEDS)
+  except UsageError as e:
+    _fail(e)
+  except RunFailed as e:
+    _fail(e, code=1)
+
+
+_SEEDS = []
+
+
+def _app_flags(argv):
+  try:
+    _SEEDS[:] = parse_flags(argv)
+  except UsageError as e:
+    _fail(e)
+  return argv[:1]
+
+
+if __name__ == '__main__':
+  app.run(_app_main, flags_parser=_app_flags)
