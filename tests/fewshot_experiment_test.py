@@ -17,7 +17,7 @@ from wtl_tf import optimizers
 from wtl_tf import summaries
 from wtl_tf.experiments import fewshot
 from wtl_tf.data.fewshot import SyntheticData
-from wtl_tf.errors import UserError
+from wtl_tf.errors import TrainingDiverged, UserError
 from wtl_tf.learners.fewshot import FewShotLearner
 from wtl_tf.models.conv4 import conv4
 
@@ -138,12 +138,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     learner.train_step = train_step
     return learner
 
-  with pytest.raises(fewshot.TrainingDiverged, match=r'meta-loss became nan at step 5 .*last good checkpoint'):
+  with pytest.raises(TrainingDiverged, match=r'meta-loss became nan at step 5 .*last good checkpoint'):
     run(tmp_path, learner=diverging)
   with open(tmp_path / 'checkpoints' / 'last.json', encoding='utf-8') as f:
     assert json.load(f)['step'] == 4  # The end of epoch 1; nothing after the NaN was saved.
   assert not os.path.exists(tmp_path / 'results.json')
-  assert isinstance(fewshot.TrainingDiverged('x'), UserError)  # main.py prints it as one line, exit code 2.
+  assert isinstance(TrainingDiverged('x'), UserError)  # main.py prints it as one line, exit code 2.
 
 
 def test_cli_runs_a_gin_file_end_to_end(tmp_path):

@@ -280,12 +280,15 @@ def load_task_sparsity(run_dir):
   return [rows[t] for t in sorted(rows)]
 
 
+def _by_learner(by_learner):
+  """(learner, its (run, result) pairs, their seeds, their results) for each learner."""
+  for learner, pairs in by_learner.items():
+    yield learner, pairs, [run.seed for run, _ in pairs], [result for _, result in pairs]
+
+
 def summarize_continual(by_learner, base):
   summary, curves = {}, {}
-  seeds = []
-  for learner, pairs in by_learner.items():
-    seeds = [run.seed for run, _ in pairs]
-    results = [r for _, r in pairs]
+  for learner, pairs, seeds, results in _by_learner(by_learner):
     sparsity = [load_task_sparsity(run.run_dir) for run, _ in pairs]
     ra = np.array([100 * r['ra'] for r in results])
     bti = np.array([100 * r['bti'] for r in results])
@@ -320,10 +323,7 @@ def summarize_continual(by_learner, base):
 
 def summarize_online(by_learner, base):
   summary, curves = {}, {}
-  seeds = []
-  for learner, pairs in by_learner.items():
-    results = [r for _, r in pairs]
-    seeds = [run.seed for run, _ in pairs]
+  for learner, pairs, seeds, results in _by_learner(by_learner):
     summary[learner] = {
         'cumulative': mean_std([100 * r['cumulative_accuracy'] for r in results]),
         'per_dataset': {d: mean_std([100 * r['per_dataset'][d] if r['per_dataset'][d] is not None else None
@@ -458,9 +458,13 @@ def _fail(message, code=2):
 def main(argv=None):
   """Parses argv (without the program name; sys.argv[1:] by default), runs the sweep, returns its summaries."""
   argv = sys.argv[1:] if argv is None else list(argv)
+  return _sweep_or_fail(lambda: sweep(parse_flags([sys.argv[0]] + argv)))
+
+
+def _sweep_or_fail(run):
+  """run(); a usage error exits 2 and a failed run exits 1, each with one line."""
   try:
-    seeds = parse_flags([sys.argv[0]] + argv)
-    return sweep(seeds)
+    return run()
   except UsageError as e:
     _fail(e)
   except RunFailed as e:
@@ -469,12 +473,7 @@ def main(argv=None):
 
 def _app_main(argv):
   del argv  # Parsed by _app_flags.
-  try:
-    sweep(_SEEDS)
-  except UsageError as e:
-    _fail(e)
-  except RunFailed as e:
-    _fail(e, code=1)
+  _sweep_or_fail(lambda: sweep(_SEEDS))
 
 
 _SEEDS = []

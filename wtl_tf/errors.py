@@ -18,3 +18,11 @@ class WorkdirError(UserError):
 
 class TrainingDiverged(UserError):
   """A NaN or infinite loss; the run stops without saving, so the last checkpoint is the last good one."""
+
+
+def check_ints(owner: str, least: int = 1, **values):
+  """A ConfigError naming `owner.key` for the first value that is not an int >= least (None passes)."""
+  for key, value in values.items():
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+      kind = 'a positive int' if least == 1 else f'an int >= {least}'
+      raise ConfigError(f'{owner}.{key} must be {kind}, got {value!r}')

@@ -19,8 +19,6 @@ from wtl_tf.params import ParamInfo
 StepSizes = Tuple[Optional[tf.Tensor], ...]
 
 
-# -- Straight-through step functions ---------------------------------------------------------
-
 @tf.custom_gradient
 def binary_step_half_at_zero(m):
   """Reference mask 0.5 * (sign(m) + 1) (0.5 at m == 0); backward 0.5 * upstream (docs/ALGORITHMS.md gotcha 2)."""
@@ -52,8 +50,6 @@ def relu_straight_through(m):
 
   return tf.nn.relu(m), grad
 
-
-# -- Initialisation (docs/ALGORITHMS.md 1.5) --------------------------------------------------
 
 @gin.register
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +86,6 @@ class MaskInit:
     return m - m.mean() + self.init_shift
 
 
-# -- Modulations ------------------------------------------------------------------------------
-
 class Modulation:
   """Base class: S = 1 on every parameter, c = `step_size`. Subclasses override `adapts`, `modulate` (S), `scale` (c)
   and the mask-parameter layout."""
@@ -104,7 +98,6 @@ class Modulation:
     self.step_size = float(step_size)
     self.mask_init = mask_init or self.default_init()
 
-  # -- what subclasses change ------------------------------------------------------------------
   def default_init(self) -> MaskInit:
     return MaskInit()
 
@@ -122,7 +115,6 @@ class Modulation:
     """S(m), with its (possibly straight-through) gradient."""
     raise NotImplementedError
 
-  # -- shared machinery ------------------------------------------------------------------------
   def masked(self, infos: Sequence[ParamInfo]) -> Tuple[bool, ...]:
     """Which parameters carry a learned modulation (and so count in sparsity statistics)."""
     return tuple(self.has_logits and self.adapts(i) for i in infos)
@@ -352,8 +344,6 @@ class NoisyBinaryMask(BinaryMask):
         out.append(self.modulate(next(rest)))
     return tuple(out)
 
-
-# -- Sparsity (docs/ALGORITHMS.md 1.9) --------------------------------------------------------
 
 def sparsity(modulations: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   """Fraction of exactly-zero entries of each S(m), plus `overall`, weighted by size.

@@ -9,6 +9,21 @@ matplotlib.use('Agg')  # Files only; no display needed.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def _plot_groups(ax, x, curves: Dict[str, List[float]]):
+  """Sparsity (%) of each group against x; 'overall' as a dashed black line."""
+  for group, values in curves.items():
+    style = dict(color='black', linestyle='--', linewidth=2) if group == 'overall' else {}
+    ax.plot(x, [100.0 * v for v in values], label=group, **style)
+
+
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def sparsity_over_time(curves: Dict[str, Dict[str, List[float]]], x: Dict[str, List[float]], path: str,
                        xlabel: str = 'task', title: Optional[str] = None,
                        task_boundaries: Optional[Sequence[float]] = None):
@@ -21,9 +36,7 @@ def sparsity_over_time(curves: Dict[str, Dict[str, List[float]]], x: Dict[str, L
   names = list(curves)
   fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.6), squeeze=False, sharey=True)
   for ax, name in zip(axes[0], names):
-    for group, values in curves[name].items():
-      style = dict(color='black', linestyle='--', linewidth=2) if group == 'overall' else {}
-      ax.plot(x[name], [100.0 * v for v in values], label=group, **style)
+    _plot_groups(ax, x[name], curves[name])
     for b in task_boundaries or ():
       ax.axvline(b, color='0.85', linewidth=0.6, zorder=0)
     ax.set_title(name)
@@ -33,11 +46,7 @@ def sparsity_over_time(curves: Dict[str, Dict[str, List[float]]], x: Dict[str, L
   axes[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 MODE_COLORS = ('tab:blue', 'tab:orange', 'tab:green')
@@ -82,15 +91,9 @@ def online_accuracy(accuracy: Sequence[float], modes: Sequence[int], switches: S
     ax.set_title(title)
   if sparsity_steps:
     ax2 = axes[1][0]
-    for group, values in (sparsity or {}).items():
-      style = dict(color='black', linestyle='--', linewidth=2) if group == 'overall' else {}
-      ax2.plot(sparsity_steps, [100.0 * v for v in values], label=group, **style)
+    _plot_groups(ax2, sparsity_steps, sparsity or {})
     ax2.set_ylabel('sparsity (% zero S(m))')
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   axes[-1][0].set_xlabel('stream step')
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)

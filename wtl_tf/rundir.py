@@ -30,7 +30,7 @@ from typing import Callable, Dict, Optional, Tuple
 import gin
 import numpy as np
 
-from wtl_tf.errors import TrainingDiverged, WorkdirError  # pylint: disable=unused-import  (TrainingDiverged: re-export)
+from wtl_tf.errors import WorkdirError
 
 USE_GIN = False  # Set by main.py: the run is configured by gin, whose operative config is then its identity.
 VOLATILE = ('show_progress',)  # Parameters that may change on resume (they do not change results).
@@ -60,7 +60,6 @@ class RunDir:
   def file(self, name: str) -> str:
     return os.path.join(self.path, name)
 
-  # -- one writer ---------------------------------------------------------------------------------------------
   @contextlib.contextmanager
   def lock(self, wait: bool = False):
     """Creates the directory and holds its lock; another process holding it is a WorkdirError (or waited for)."""
@@ -111,7 +110,6 @@ class RunDir:
         if name.endswith(TMP_SUFFIX):
           os.remove(os.path.join(directory, name))
 
-  # -- atomic files -------------------------------------------------------------------------------------------
   def _write_atomic(self, name: str, write: Callable):
     target = self.file(name)
     directory = os.path.dirname(target)
@@ -155,7 +153,6 @@ class RunDir:
     with np.load(self.file(name)) as data:
       return dict(data)
 
-  # -- results ------------------------------------------------------------------------------------------------
   def results(self) -> Optional[dict]:
     """results.json, or None if there is none or it does not parse (then the run is not finished)."""
     return self.read_json('results.json')
@@ -163,7 +160,6 @@ class RunDir:
   def write_results(self, result: dict, **json_options):
     self.write_json_atomic('results.json', result, **json_options)
 
-  # -- checkpoints --------------------------------------------------------------------------------------------
   def save_checkpoint(self, state: Dict[str, np.ndarray], progress: dict, name: str = 'checkpoints/last'):
     """Writes `state` under a fresh name, then the pointer <name>.json (progress, identity, state file) atomically."""
     if not self.writer:
@@ -203,7 +199,6 @@ class RunDir:
     learner.restore(loaded[0])
     return loaded[1]
 
-  # -- identity and configuration -----------------------------------------------------------------------------
   def check_identity(self, identity: Dict[str, str], checkpoint: str = 'checkpoints/last'):
     """Records the run's identity (saved with every checkpoint) and refuses a checkpoint made under another one."""
     self.identity = {k: v for k, v in identity.items() if k.rsplit('.', 1)[-1] not in VOLATILE}
@@ -229,7 +224,6 @@ def _compare(path: str, recorded, current: Dict[str, str]):
                      'original settings or use another --workdir')
 
 
-# -- what defines a run -----------------------------------------------------------------------------------------
 
 def gin_bindings() -> Dict[str, str]:
   """gin's operative config as {'scope/configurable.parameter' or macro: value}."""

@@ -78,13 +78,19 @@ def list_classes(kind, path):
       if class_number(name) and os.path.isdir(os.path.join(path, name)):
         counts[name] = sum(1 for f in os.listdir(os.path.join(path, name)) if _is_image(f))
   else:
-    with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, \
-        tarfile.open(fileobj=f, mode='r|*') as tar:
-      for member in tar:
-        found = member.isfile() and _tar_class_and_file(member.name)
-        if found:
-          counts[found[0]] = counts.get(found[0], 0) + 1
+    for name, _, _ in _tar_images(path):
+      counts[name] = counts.get(name, 0) + 1
   return counts
+
+
+def _tar_images(path):
+  """(class folder, file name, read()) of every image of the archive, streamed once (call read() at once)."""
+  with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, \
+      tarfile.open(fileobj=f, mode='r|*') as tar:
+    for member in tar:
+      found = member.isfile() and _tar_class_and_file(member.name)
+      if found:
+        yield found[0], found[1], lambda m=member: tar.extractfile(m).read()
 
 
 def plan(input_dir, image_size='84'):
@@ -124,14 +130,10 @@ def _read_class(item, images_dir):
 
 def _read_tar(path, class_ids):
   """Streams the archive once; source ids match those of the folder layout, so both give the same records."""
-  with core.reading(path), FileSystems.open(path, compression_type='uncompressed') as f, \
-      tarfile.open(fileobj=f, mode='r|*') as tar:
-    for member in tar:
-      found = member.isfile() and _tar_class_and_file(member.name)
-      if found and found[0] in class_ids:
-        class_id, split = class_ids[found[0]]
-        yield core.RawImage(class_id=class_id, split=split, source_id=f'{found[0]}/{found[1]}',
-                            data=tar.extractfile(member).read())
+  for name, filename, read in _tar_images(path):
+    if name in class_ids:
+      class_id, split = class_ids[name]
+      yield core.RawImage(class_id=class_id, split=split, source_id=f'{name}/{filename}', data=read())
 
 
 def read(the_plan):

@@ -12,7 +12,7 @@ import gin
 import numpy as np
 
 from wtl_tf.data import prepare, records
-from wtl_tf.errors import ConfigError
+from wtl_tf.errors import ConfigError, check_ints
 
 KINDS = ('rotations', 'permutations', 'many_permutations', 'class_split')
 DEFAULTS = {'rotations': (20, 1000), 'permutations': (20, 1000), 'many_permutations': (100, 200)}
@@ -121,10 +121,7 @@ class Benchmark:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ConfigError(f'Benchmark.kind must be one of {KINDS}, got {self.kind!r}')
-    for name in ('num_tasks', 'samples_per_task'):
-      value = getattr(self, name)
-      if value is not None and (not isinstance(value, int) or value <= 0):
-        raise ConfigError(f'Benchmark.{name} must be a positive int, got {value!r}')
+    check_ints('Benchmark', num_tasks=self.num_tasks, samples_per_task=self.samples_per_task)
 
   def load(self) -> List[Task]:
     spec = prepare.ensure_records(self.dataset, self.records_dir, self.raw_dir)

@@ -189,7 +189,6 @@ class EpisodeSampler:
     self._single_shard = width == 1
     self._record_offsets, self._record_lengths = tf.constant(offsets), tf.constant(lengths)
 
-  # -- Indices: which classes and images an episode uses ---------------------------------------
 
   def _sample(self, key):
     """-> class positions int32 [ways], image positions int32 [ways, shots+queries], augmentation key."""
@@ -208,7 +207,6 @@ class EpisodeSampler:
     classes, images = ds.get_single_element()
     return self.class_ids[classes.numpy()], images.numpy()
 
-  # -- Episodes from indices -----------------------------------------------------------------
 
   def _gather_memory(self, classes, images):
     index = tf.gather(self._offsets, classes)[:, tf.newaxis] + tf.cast(images, tf.int64)

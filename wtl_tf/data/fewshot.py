@@ -33,8 +33,6 @@ def _with_positions(dataset, positions_dataset):
   return tf.data.Dataset.zip((dataset, positions_dataset))
 
 
-# -- Prepared datasets -------------------------------------------------------------------------------------------
-
 @gin.register
 class FewShotData:
   """A prepared dataset (pipelines/ -> records) as few-shot splits.
@@ -127,8 +125,6 @@ class FixedRecordEpisodes:
     return _with_positions(episodes, tf.data.Dataset.from_tensor_slices(positions).batch(batch_size,
                                                                                          drop_remainder=True))
 
-
-# -- Synthetic data ----------------------------------------------------------------------------------------------
 
 @gin.register
 class SyntheticData:

@@ -23,11 +23,10 @@ from tqdm import tqdm
 
 from wtl_tf import plots, rundir, summaries
 from wtl_tf.data import continual as continual_data
-from wtl_tf.errors import ConfigError
+from wtl_tf.errors import ConfigError, TrainingDiverged, check_ints
 from wtl_tf.models.mlp import mlp
 
 SETTING = 'continual'
-TrainingDiverged = rundir.TrainingDiverged
 
 
 def ra_bti(acc_matrix: np.ndarray):
@@ -36,8 +35,6 @@ def ra_bti(acc_matrix: np.ndarray):
   final = r[-1]
   return float(final.mean()), float(np.mean(final - np.diag(r)))
 
-
-# -- one learner -------------------------------------------------------------------------------------
 
 def _build_learner(factory: Callable, model, seed: int, batch_size: int):
   kwargs = {'seed': seed}
@@ -141,17 +138,12 @@ def _by_group(points: List[Dict[str, float]]) -> Dict[str, List[float]]:
   return {g: [p.get(g, 0.0) for p in points] for g in groups}
 
 
-# -- the experiment ------------------------------------------------------------------------------------
-
 @gin.configurable
 def run_continual(workdir: str, benchmark: continual_data.Benchmark = gin.REQUIRED,
                   learners: Dict[str, Callable] = gin.REQUIRED, model_fn: Callable = mlp, seed: int = 0,
                   epochs: int = 1, batch_size: int = 10, log_every: int = 10, show_progress: bool = True) -> dict:
   """Runs every learner on the benchmark; returns {learner name: results}. Prints RA, BTI and sparsity."""
-  if not isinstance(epochs, int) or epochs < 1:
-    raise ConfigError(f'run_continual.epochs must be a positive int, got {epochs!r}')
-  if not isinstance(batch_size, int) or batch_size < 1:
-    raise ConfigError(f'run_continual.batch_size must be a positive int, got {batch_size!r}')
+  check_ints('run_continual', epochs=epochs, batch_size=batch_size)
   if not learners:
     raise ConfigError('run_continual.learners is empty: bind at least one learner')
   tasks = benchmark.load()

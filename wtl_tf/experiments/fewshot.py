@@ -1,27 +1,14 @@
 """The few-shot experiment (docs/ALGORITHMS.md 3): meta-training, model selection, final and cross-domain tests.
 
-Schedule (docs/ALGORITHMS.md 3.3). Epoch e = 1..epochs is `batches_per_epoch` meta-updates on freshly sampled tasks. After epoch e,
-validation runs on `num_val_episodes` tasks if (e % val_after == 0 and e > val_start) or e is the last epoch. If it
-improves on the best validation accuracy so far and e > test_start, the model is tested on `num_test_episodes`
-tasks and saved as the best checkpoint. The reference draws fresh random val/test tasks each time; here both sets are
-fixed (drawn once with `eval_seed`), so epochs are compared on the same tasks. At the end the best checkpoint (the
-last model if none was saved) is tested on `num_final_episodes` fixed evaluation episodes (600 by default, a
-deviation from the reference's 500 random tasks, docs/ALGORITHMS.md 3.3), reported as the mean and a 95% normal
-confidence interval, and on the test split of every `cross_domain` dataset (Table 4) with the same N, shots, K, alpha and masks.
+Epoch e = 1..epochs is `batches_per_epoch` meta-updates on fresh tasks. After epoch e, validation runs on a fixed set
+if (e % val_after == 0 and e > val_start) or e is the last epoch; an improvement after `test_start` is tested on a
+fixed test set and saved as checkpoints/best.npz. The selected checkpoint (best, else last) is finally tested on
+`num_final_episodes` fixed episodes (mean and 95% CI) and on every `cross_domain` dataset (Table 4). The schedule,
+and where it deviates from the reference, is in docs/ALGORITHMS.md 3.3; the run directory in docs/ARCHITECTURE.md.
 
-Run directory (docs/ARCHITECTURE.md, wtl_tf/rundir.py): operative_config.gin, metrics.jsonl and tensorboard/ (train loss, accuracy
-and sparsity every `log_every` steps; val/test records; histograms of S(m) and m per group after every epoch),
-checkpoints/ (last.json and the state it names after every epoch and every `checkpoint_every` steps; best.npz), episodes/
-(the fixed evaluation sets as index files), sparsity.png and results.json.
-
-Resuming: rerunning the same command continues from checkpoints/last. A checkpoint holds theta, BN statistics,
-masks, both optimizers' slots and step counters, the step and the selection state. Tasks and sparse-MAML+ noise are
-pure functions of (seed, episode position), so there is no other RNG state: with `deterministic=True` on CPU a
-resumed run ends with exactly the results.json of an uninterrupted one (the timing lives in metrics.jsonl). That mode
-also runs one op and one task at a time (inter-op threads 1, `tasks_in_flight` 1): with ops side by side, some CPU kernels split their reductions
-differently from process to process, so results would differ in the last bits (and then more) between processes.
-A NaN or infinite meta-loss stops the run before anything else is saved (TrainingDiverged); the last checkpoint
-stays the last good one. Resuming under other settings is refused (wtl_tf/rundir.py: the run's identity).
+Tasks and sparse-MAML+ noise are pure functions of (seed, episode position), so a checkpoint (theta, BN statistics,
+masks, optimizer slots, step and selection state) is all a resumed run needs; with `deterministic=True` on CPU it
+ends with exactly the results.json of an uninterrupted one.
 """
 import functools
 import math
@@ -39,12 +26,11 @@ from wtl_tf import distribute
 from wtl_tf import plots
 from wtl_tf import rundir
 from wtl_tf import summaries
-from wtl_tf.errors import ConfigError
+from wtl_tf.errors import ConfigError, TrainingDiverged, check_ints
 from wtl_tf.learners import fewshot as fewshot_learners  # noqa: F401  (registers the learners with gin)
 from wtl_tf.models.conv4 import conv4
 
 SETTING = 'fewshot'
-TrainingDiverged = rundir.TrainingDiverged
 
 
 def mean_ci95(values) -> (float, float):
@@ -55,31 +41,16 @@ def mean_ci95(values) -> (float, float):
   return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
 
 
-# -- checkpoints ------------------------------------------------------------------------------------------------
-
-class Checkpoints:
-  """checkpoints/last.json + the state file it names (resume, wtl_tf/rundir.py), checkpoints/best.npz (selection)."""
-
-  def __init__(self, run_dir: rundir.RunDir):
-    self.run_dir = run_dir
-
-  def path(self, name):
-    return self.run_dir.file(os.path.join('checkpoints', name))
-
-  def save_last(self, learner, progress):
-    self.run_dir.save_checkpoint(learner.state(), progress)
-
-  def save_best(self, learner):
-    self.run_dir.write_npz_atomic('checkpoints/best.npz', learner.state(with_optimizers=False))
-
-  def load_best(self, learner) -> bool:
-    if not os.path.exists(self.path('best.npz')):
-      return False
-    learner.restore(self.run_dir.read_npz('checkpoints/best.npz'))
-    return True
+def _save_best(run_dir, learner):
+  run_dir.write_npz_atomic('checkpoints/best.npz', learner.state(with_optimizers=False))
 
 
-# -- evaluation ---------------------------------------------------------------------------------------------------
+def _load_best(run_dir, learner) -> bool:
+  if not os.path.exists(run_dir.file('checkpoints/best.npz')):
+    return False
+  learner.restore(run_dir.read_npz('checkpoints/best.npz'))
+  return True
+
 
 def evaluate(learner, episodes, batch_size: int, split: str, desc: str = '', show_progress: bool = False) -> dict:
   """Accuracy and loss of `learner` on a fixed episode set: mean, 95% CI and the per-episode accuracies."""
@@ -95,14 +66,6 @@ def evaluate(learner, episodes, batch_size: int, split: str, desc: str = '', sho
   mean, ci95 = mean_ci95(accuracies)
   return {'accuracy': mean, 'ci95': ci95, 'loss': float(np.mean(losses)), 'num_episodes': int(total),
           'per_episode': accuracies}
-
-
-# -- the experiment -------------------------------------------------------------------------------------------------
-
-def _check_positive(**values):
-  for key, value in values.items():
-    if not isinstance(value, int) or value < 1:
-      raise ConfigError(f'run_fewshot.{key} must be a positive int, got {value!r}')
 
 
 @gin.configurable
@@ -144,11 +107,10 @@ def run_fewshot(workdir: str, data=gin.REQUIRED, learner: Callable = gin.REQUIRE
     build_only: build the data configuration, model and learner and return them in a dict, without reading data
       or training (configuration checks).
   """
-  _check_positive(ways=ways, shots=shots, queries=queries, meta_batch_size=meta_batch_size, epochs=epochs,
-                  batches_per_epoch=batches_per_epoch, val_after=val_after, num_val_episodes=num_val_episodes,
-                  num_test_episodes=num_test_episodes, num_final_episodes=num_final_episodes, log_every=log_every)
-  if checkpoint_every is not None:
-    _check_positive(checkpoint_every=checkpoint_every)
+  check_ints('run_fewshot', ways=ways, shots=shots, queries=queries, meta_batch_size=meta_batch_size, epochs=epochs,
+             batches_per_epoch=batches_per_epoch, val_after=val_after, num_val_episodes=num_val_episodes,
+             num_test_episodes=num_test_episodes, num_final_episodes=num_final_episodes, log_every=log_every,
+             checkpoint_every=checkpoint_every)
   cross_domain = dict(cross_domain or {})
   if deterministic:
     # Op determinism is not enough across processes: with ops running side by side (inter-op parallelism), some CPU
@@ -208,7 +170,6 @@ def _run(run_dir, built, data, cross_domain, ways, shots, queries, meta_batch_si
   """run_fewshot once the learner is built and the run directory is held."""
   workdir, chief = run_dir.path, run_dir.writer
   out_dir = workdir if chief else os.path.join(workdir, f'.worker{distribute.worker_id(built.strategy)}')
-  checkpoints = Checkpoints(run_dir)
   episodes_dir = episodes_dir or os.path.join(workdir, 'episodes')
   show_progress = show_progress and chief
 
@@ -230,10 +191,10 @@ def _run(run_dir, built, data, cross_domain, ways, shots, queries, meta_batch_si
 
   log = summaries.Summaries(out_dir)
   try:
-    _train(built, train, val_set, test_set, progress, checkpoints, log, seed, meta_batch_size, epochs,
+    _train(built, train, val_set, test_set, progress, run_dir, log, seed, meta_batch_size, epochs,
            batches_per_epoch, val_after, val_start, test_start, eval_batch_size, log_every, checkpoint_every,
            show_progress)
-    result = _final(built, data, cross_domain, progress, checkpoints, log, test_split, ways, shots, queries,
+    result = _final(built, data, cross_domain, progress, run_dir, log, test_split, ways, shots, queries,
                     eval_seed, num_final_episodes, episodes_dir, eval_batch_size, seed, show_progress)
   finally:
     log.close()
@@ -259,7 +220,7 @@ def _plot_sparsity(workdir, name, group_order, title):
                            xlabel='epoch', title=title)
 
 
-def _train(learner, train, val_set, test_set, progress, checkpoints, log, seed, meta_batch_size, epochs,
+def _train(learner, train, val_set, test_set, progress, run_dir, log, seed, meta_batch_size, epochs,
            batches_per_epoch, val_after, val_start, test_start, eval_batch_size, log_every, checkpoint_every,
            show_progress):
   """The epoch loop; updates `progress` in place and checkpoints it."""
@@ -280,8 +241,8 @@ def _train(learner, train, val_set, test_set, progress, checkpoints, log, seed, 
       if not math.isfinite(loss):
         raise TrainingDiverged(
             f'{learner.name}: the meta-loss became {loss} at step {step} (epoch {step // batches_per_epoch + 1}); '
-            f'stopped without saving, so {checkpoints.path("last.json")} (step {progress["step"]}) is the last good '
-            f'checkpoint. Lower the learning rates or set FewShotLearner.clamp_outer_gradients.')
+            f'stopped without saving, so {run_dir.file("checkpoints/last.json")} (step {progress["step"]}) is the '
+            f'last good checkpoint. Lower the learning rates or set FewShotLearner.clamp_outer_gradients.')
       step += 1
       last_position = step * meta_batch_size - 1  # The epoch's sparsity comes from its last task (docs/ALGORITHMS.md 1.9).
       if step % log_every == 0 or step % batches_per_epoch == 0:
@@ -294,15 +255,15 @@ def _train(learner, train, val_set, test_set, progress, checkpoints, log, seed, 
       bar.update(1)
       if step % batches_per_epoch == 0:
         _end_of_epoch(learner, step // batches_per_epoch, step, last_position, val_set, test_set, progress,
-                      checkpoints, log, epochs, val_after, val_start, test_start, eval_batch_size, show_progress)
+                      run_dir, log, epochs, val_after, val_start, test_start, eval_batch_size, show_progress)
       elif checkpoint_every and step % checkpoint_every == 0:
         progress['step'] = step
-        checkpoints.save_last(learner, progress)
+        run_dir.save_checkpoint(learner.state(), progress)
   finally:
     bar.close()
 
 
-def _end_of_epoch(learner, epoch, step, last_position, val_set, test_set, progress, checkpoints, log, epochs,
+def _end_of_epoch(learner, epoch, step, last_position, val_set, test_set, progress, run_dir, log, epochs,
                   val_after, val_start, test_start, eval_batch_size, show_progress):
   spars = learner.sparsity(position=last_position)
   progress['sparsity_curve']['epoch'].append(epoch)
@@ -323,16 +284,16 @@ def _end_of_epoch(learner, epoch, step, last_position, val_set, test_set, progre
                         test_at_best={'accuracy': test['accuracy'], 'ci95': test['ci95'],
                                       'num_episodes': test['num_episodes']})
         record['test_accuracy'] = test['accuracy']
-        checkpoints.save_best(learner)
+        _save_best(run_dir, learner)
     progress['history'].append(record)
   progress.update(step=step, epoch=epoch)
-  checkpoints.save_last(learner, progress)
+  run_dir.save_checkpoint(learner.state(), progress)
 
 
-def _final(learner, data, cross_domain, progress, checkpoints, log, test_split, ways, shots, queries, eval_seed,
+def _final(learner, data, cross_domain, progress, run_dir, log, test_split, ways, shots, queries, eval_seed,
            num_final_episodes, episodes_dir, eval_batch_size, seed, show_progress) -> dict:
   """Tests the selected checkpoint on the fixed evaluation episodes, here and across domains."""
-  selected = 'best' if checkpoints.load_best(learner) else 'last'
+  selected = 'best' if _load_best(run_dir, learner) else 'last'
   sparsity = progress['sparsity_at_best'] if selected == 'best' else progress['sparsity_curve']['sparsity'][-1]
   final_set = data.split(test_split, ways, shots, queries).fixed(eval_seed, num_final_episodes, episodes_dir)
   test = evaluate(learner, final_set, eval_batch_size, 'eval', desc='final test', show_progress=show_progress)

@@ -3,22 +3,16 @@
     1. data: OSAKA's Omniglot order (`--option split=osaka`), MNIST and Fashion-MNIST, converted on first use;
     2. pre-training (optional, cached and shared across stream seeds; wtl_tf/experiments/online_pretrain.py);
     3. the stream: T steps of 50 images; at every step the learner's accuracy is measured BEFORE it learns from the
-       step (step 0 scores 0, as in OSAKA); the learner then adapts / meta-updates (wtl_tf/learners/cmaml.py,
-       online_baselines.py).
+       step (step 0 scores 0, as in OSAKA); the learner then adapts / meta-updates (wtl_tf/learners/online/cmaml.py and
+       baselines.py).
 
 Cumulative accuracy = the mean of the per-step accuracies over all T steps; per-dataset accuracy = the same mean over
 the steps of each mode (Omniglot, MNIST, Fashion-MNIST).
 
-Run directory (docs/ARCHITECTURE.md): operative_config.gin, metrics.jsonl and tensorboard/ (every `log_every` steps: the
-window's loss and accuracy, cumulative accuracy, sparsity per group and overall, S(m) and m histograms), checkpoints/,
-results.json (setting 'online': cumulative_accuracy, per_dataset, num_steps, sparsity, boundary detection, timings),
-stream.npz (every step's accuracy, loss, mode, true switch, detected boundary, meta-update) and online_accuracy.png
-(accuracy over time with the task switches marked, and sparsity per group when the learner has masks).
-
-Checkpoints: the whole learner state (theta, m, optimizer slots, fast weights phi and the buffered steps) plus the
-per-step records are written every `checkpoint_every` steps and at the end, as one unit (wtl_tf/rundir.py); rerunning
-the same command resumes from the last one, and refuses to under other settings. The stream is a pure function of
-(seed, step), so a resumed run sees exactly the steps it would have.
+The run directory (docs/ARCHITECTURE.md) adds stream.npz (every step's accuracy, loss, mode, true switch, detected
+boundary and meta-update) and online_accuracy.png. A checkpoint holds the whole learner state (fast weights and
+buffered steps included) and the per-step records; the stream is a pure function of (seed, step), so a resumed run
+sees exactly the steps it would have.
 """
 import functools
 import math
@@ -35,14 +29,13 @@ from wtl_tf import plots, rundir, summaries
 from wtl_tf.data import osaka
 from wtl_tf.data import prepare
 from wtl_tf.data import records
-from wtl_tf.errors import ConfigError
+from wtl_tf.errors import ConfigError, TrainingDiverged, check_ints
 from wtl_tf.experiments import online_pretrain
 from wtl_tf.models.conv4 import conv4
 
 SETTING = 'online'
 TRACE_KEYS = ('accuracy', 'loss', 'mode', 'switch', 'tbd', 'meta_update')  # Recorded at every stream step.
 OSAKA_OMNIGLOT_OPTIONS = {'split': 'osaka'}
-TrainingDiverged = rundir.TrainingDiverged
 
 
 @gin.register
@@ -56,8 +49,6 @@ def osaka_convnet(seed: int = 0, hidden_size: int = 64, first_conv_by_patches: b
   return conv4(input_shape=osaka.IMAGE_SHAPE, num_classes=10, hidden_size=hidden_size, seed=seed,
                first_conv_by_patches=first_conv_by_patches)
 
-
-# -- data ------------------------------------------------------------------------------------------------
 
 def load_specs(omniglot_records: Optional[str] = None, mnist_records: Optional[str] = None,
                fashion_mnist_records: Optional[str] = None) -> Dict[str, records.DatasetSpec]:
@@ -79,8 +70,6 @@ def load_specs(omniglot_records: Optional[str] = None, mnist_records: Optional[s
   return specs
 
 
-# -- metrics ---------------------------------------------------------------------------------------------
-
 def per_dataset_accuracy(accuracy: np.ndarray, modes: np.ndarray) -> Dict[str, Optional[float]]:
   return {name: (float(np.mean(accuracy[modes == m])) if np.any(modes == m) else None)
           for m, name in enumerate(osaka.MODE_NAMES)}
@@ -99,8 +88,6 @@ def _window_mean(values: List[float]) -> Optional[float]:
   finite = [v for v in values if v is not None and math.isfinite(v)]
   return float(np.mean(finite)) if finite else None
 
-
-# -- the experiment ----------------------------------------------------------------------------------------
 
 @gin.configurable
 def run_online(workdir: str, learner: Callable = gin.REQUIRED, p: float = 0.98, num_steps: int = 10000, seed: int = 0,
@@ -132,9 +119,7 @@ def run_online(workdir: str, learner: Callable = gin.REQUIRED, p: float = 0.98, 
     raise ConfigError(f'run_online.num_steps must be a positive int: the stream is empty with num_steps={num_steps!r}')
   if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
     raise ConfigError(f'run_online.p must be a probability in [0, 1], got {p!r}')
-  for key, value in (('log_every', log_every), ('checkpoint_every', checkpoint_every)):
-    if not isinstance(value, int) or value < 1:
-      raise ConfigError(f'run_online.{key} must be a positive int, got {value!r}')
+  check_ints('run_online', log_every=log_every, checkpoint_every=checkpoint_every)
   specs = load_specs(omniglot_records, mnist_records, fashion_mnist_records)
   stream = osaka.OsakaStream(specs['omniglot'], specs['mnist'], specs['fashion_mnist'], seed=seed, p=float(p),
                              num_steps=num_steps, scale_mnist=scale_mnist)
@@ -215,7 +200,6 @@ def _run(run_dir, learner, stream, specs, pretraining, pretrain_cache, p, seed, 
     bar.update(1)
   bar.close()
   return _finish(run_dir, learner, stream, progress, p, seed, time.time() - loop_start, start_step)
-
 
 
 def _pretrain_summary(info):

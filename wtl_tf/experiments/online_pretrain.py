@@ -21,7 +21,7 @@ from tqdm import tqdm
 from wtl_tf import rundir
 from wtl_tf.data import osaka
 from wtl_tf.data import records
-from wtl_tf.errors import ConfigError
+from wtl_tf.errors import TrainingDiverged, check_ints
 
 VERSION = 2  # Bump when the pre-training procedure changes, so old caches are not reused.
 
@@ -55,12 +55,9 @@ class Pretraining:
   val_classes: tuple = (900, 1000)
 
   def __post_init__(self):
-    for key in ('meta_batch_size', 'batches_per_epoch', 'val_batches', 'ways', 'shots', 'queries', 'max_epochs',
-                'patience'):
-      value, least = getattr(self, key), 0 if key in ('max_epochs', 'patience') else 1
-      if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ConfigError(f'Pretraining.{key} must be ' + ('an int >= 0' if least == 0 else 'a positive int') +
-                          f', got {value!r}')
+    check_ints('Pretraining', meta_batch_size=self.meta_batch_size, batches_per_epoch=self.batches_per_epoch,
+               val_batches=self.val_batches, ways=self.ways, shots=self.shots, queries=self.queries)
+    check_ints('Pretraining', least=0, max_epochs=self.max_epochs, patience=self.patience)
 
 
 def cache_settings(learner, settings: Pretraining, omniglot: records.DatasetSpec) -> Dict[str, object]:
@@ -143,7 +140,7 @@ def _pretrain(cache, learner, omniglot, settings, show_progress, log):
                   disable=not show_progress, leave=False, dynamic_ncols=True):
       out = learner.pretrain_step(next(train))
       if not np.isfinite(out['loss']):
-        raise rundir.TrainingDiverged(
+        raise TrainingDiverged(
             f'{learner.name}: pre-training loss became {out["loss"]} in epoch {epoch + 1}; the state after epoch '
             f'{epoch} in {directory} is kept. Lower the learning rate.')
       losses.append(out['loss'])

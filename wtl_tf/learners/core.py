@@ -109,7 +109,6 @@ class LearnerCore:
       raise TrainingDiverged(f'{self.name}: the loss became {value} {where}. Lower the learning rates or step sizes.')
     return value
 
-  # -- the modulation --------------------------------------------------------------------------------------
   @staticmethod
   def read(variables) -> List[tf.Tensor]:
     return [tf.convert_to_tensor(v) for v in variables]
@@ -150,7 +149,6 @@ class LearnerCore:
   def group_names(self) -> List[str]:
     return [i.name for i in self.infos]
 
-  # -- optimizers ------------------------------------------------------------------------------------------
   def apply_gradients(self, theta_grads, mask_grads=()):
     """One optimizer step on theta and the mask logits."""
     if self.mask_optimizer is None:
@@ -159,7 +157,6 @@ class LearnerCore:
       self.theta_optimizer.apply(list(theta_grads), self.theta)
       self.mask_optimizer.apply(list(mask_grads), self.mask_logits)
 
-  # -- checkpoint state ------------------------------------------------------------------------------------
   def _state_vars(self, with_optimizers: bool):
     groups = [('theta', self.theta), ('non_trainable', self.non_trainable), ('mask_logits', self.mask_logits),
               ('noise_position', [self.noise_position])]

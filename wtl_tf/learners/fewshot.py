@@ -101,7 +101,6 @@ class FewShotLearner(core.LearnerCore):
     self._eval_step = tf.function(self._eval_step_fn)
     self._global_batch = None
 
-  # -- per-task pieces -------------------------------------------------------------------------------
   @property
   def num_replicas(self) -> int:
     return self.strategy.num_replicas_in_sync
@@ -115,7 +114,6 @@ class FewShotLearner(core.LearnerCore):
     fast = loop.adapt(self.model, theta, non_trainable, sizes, support_x, support_y)
     return inner_lib.forward(self.model, fast, non_trainable, query_x)
 
-  # -- meta-training -----------------------------------------------------------------------------------
   def _replica_train(self, tasks, positions):
     theta, non_trainable, masks = self._read()
     count = tasks.support_images.shape[0]
@@ -208,7 +206,6 @@ class FewShotLearner(core.LearnerCore):
       return type(tasks)(*(x[r * per:(r + 1) * per] for x in tasks)), positions[r * per:(r + 1) * per]
     return self.strategy.experimental_distribute_values_from_function(part)
 
-  # -- evaluation ----------------------------------------------------------------------------------
   def _replica_eval(self, tasks, positions, salt):
     theta, non_trainable, masks = self._read()
     accuracies, losses = [], []
@@ -230,7 +227,6 @@ class FewShotLearner(core.LearnerCore):
     tasks, positions = self._distribute(tasks, positions)
     return self._eval_step(tasks, positions, tf.constant(SPLIT_SALT[split], tf.int64))
 
-  # -- inspection (eager; for tests, logs and sparsity) ------------------------------------------------
   def adapt(self, support_images, support_labels, position: int = 0, split: str = 'train', loop=None):
     """phi_K for one task (tuple parallel to theta), with the learner's masks."""
     theta, non_trainable, masks = self._read()
@@ -250,7 +246,6 @@ class FewShotLearner(core.LearnerCore):
     """The core's sparsity report for the masks of the task at `position` of `split`."""
     return super().sparsity(self.noise_key(SPLIT_SALT[split], position))
 
-  # -- checkpoint state ----------------------------------------------------------------------------
   def state(self, with_optimizers: bool = True) -> Dict[str, np.ndarray]:
     """Everything a resumed run needs (theta, BN statistics, masks, optimizer slots and step counters)."""
     return self.model_state(with_optimizers)

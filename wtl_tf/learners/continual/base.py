@@ -96,7 +96,6 @@ class ContinualLearner(core.LearnerCore):
     self.jit_compile = jit_compile
     self._logits = tf.function(self._logits_fn, jit_compile=jit_compile, reduce_retracing=True)
 
-  # -- evaluation ------------------------------------------------------------------------------
   def _logits_fn(self, x):
     logits, _ = self.model.stateless_call(self.read(self.theta), self.non_trainable, x, training=False)
     return logits
@@ -109,11 +108,9 @@ class ContinualLearner(core.LearnerCore):
       correct += int(np.sum(pred == y[start:start + batch_size]))
     return correct / max(len(x), 1)
 
-  # -- to override -------------------------------------------------------------------------------
   def observe(self, x: np.ndarray, y: np.ndarray, task: int, first_epoch: bool = True) -> Dict[str, float]:
     raise NotImplementedError
 
-  # -- checkpoint state ---------------------------------------------------------------------------
   def extra_state(self) -> Dict[str, np.ndarray]:
     """The learner's own stream state (the replay memory), beside the core's model state."""
     return {} if self.memory is None else {f'memory/{k}': v for k, v in self.memory.state().items()}

@@ -79,7 +79,6 @@ class ExperienceReplay(_SGDLearner):
 @gin.register
 class OnlineSGD(ExperienceReplay):
   """The "Baseline" row: plain SGD on each incoming batch, one pass, no memory."""
-
   name = 'baseline'
 
   def __init__(self, model, lr: float = 0.03, glances: int = 1, batch_size: int = 10, seed: int = 0,

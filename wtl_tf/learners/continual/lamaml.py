@@ -14,7 +14,7 @@ from wtl_tf import inner_loop as inner_lib
 from wtl_tf import modulation as modulation_lib
 from wtl_tf.learners.continual.base import (ContinualLearner, Reservoir, global_norm_clip, padded_batch, to_float,
                                             weighted_cross_entropy)
-from wtl_tf.errors import ConfigError
+from wtl_tf.errors import ConfigError, check_ints
 
 
 @gin.register
@@ -41,9 +41,7 @@ class LaMAML(ContinualLearner):
                jit_compile: bool = True, name: Optional[str] = None):
     super().__init__(model, modulation or modulation_lib.Relu(step_size=0.15), seed=seed, jit_compile=jit_compile,
                      name=name)
-    for key, value in (('glances', glances), ('batch_size', batch_size)):
-      if not isinstance(value, int) or value < 1:
-        raise ConfigError(f'LaMAML.{key} must be a positive int, got {value!r}')
+    check_ints('LaMAML', glances=glances, batch_size=batch_size)
     for key, value in (('lr_m', lr_m), ('lr_theta', lr_theta)):
       if not value >= 0:
         raise ConfigError(f'LaMAML.{key} must be >= 0, got {value!r}')
@@ -54,7 +52,6 @@ class LaMAML(ContinualLearner):
     self.memory = Reservoir(memories, int(np.prod(model.input_shape[1:])), self.rng)
     self._glance = tf.function(self._glance_fn, jit_compile=jit_compile)
 
-  # -- the compiled glance ----------------------------------------------------------------------
   def _loss(self, params, x, y, w):
     logits, _ = self.model.stateless_call(list(params), self.non_trainable, x, training=True)
     return weighted_cross_entropy(y, logits, w)
@@ -85,7 +82,6 @@ class LaMAML(ContinualLearner):
         v.assign_sub(s * g)
     return meta_loss
 
-  # -- the stream ---------------------------------------------------------------------------------
   def observe(self, x, y, task, first_epoch=True) -> Dict[str, float]:
     del task
     x, y = to_float(x), np.asarray(y, np.int64)

@@ -5,7 +5,6 @@ Conv and dense tensors adapt; BN learns in the outer loop only, without m. S(m) 
 (MAML / ANIL / fine-tuning). Without a `mask_optimizer` one Adam holds theta and m (as OSAKA's holds its step sizes);
 pre-training minimises the **mean** query loss over tasks. See docs/ALGORITHMS.md 2.4, 5.2, 5.5 and gotcha 1.
 """
-import math
 from typing import Callable, Dict, Optional, Sequence
 
 import keras
@@ -16,7 +15,7 @@ from wtl_tf import inner_loop as inner_lib
 from wtl_tf import modulation as modulation_lib
 from wtl_tf import optimizers
 from wtl_tf.learners import core
-from wtl_tf.errors import ConfigError
+from wtl_tf.errors import ConfigError, check_ints
 
 
 def accuracy(labels, logits):
@@ -48,7 +47,7 @@ class OnlineLearner(core.LearnerCore):
                optimizer: Callable[[], keras.optimizers.Optimizer] = optimizers.adam,
                mask_optimizer: Optional[Callable[[], keras.optimizers.Optimizer]] = None, seed: int = 0,
                jit_compile: bool = False, tasks_in_flight: int = 1, name: Optional[str] = None):
-    check_positive_int('OnlineLearner', tasks_in_flight=tasks_in_flight)
+    check_ints('OnlineLearner', tasks_in_flight=tasks_in_flight)
     self.tasks_in_flight = tasks_in_flight
     self.inner_loop = inner_loop or inner_lib.InnerLoop(num_steps=8, first_order=True, adapt_bn=False)
     self.jit_compile = bool(jit_compile)
@@ -62,7 +61,6 @@ class OnlineLearner(core.LearnerCore):
   def _compile(self, fn, input_signature=None):
     return tf.function(fn, input_signature=input_signature, jit_compile=self.jit_compile)
 
-  # -- adaptation --------------------------------------------------------------------------------------------
   def logits(self, params, x):
     return inner_lib.forward(self.model, params, self.read(self.non_trainable), x)
 
@@ -120,8 +118,8 @@ class OnlineLearner(core.LearnerCore):
     count = tf.cast(num_tasks, sources[0].dtype)
     return totals[0] / count, totals[1] / tf.cast(count, tf.float32), [g / count for g in totals[2:]]
 
-  # -- pre-training (docs/ALGORITHMS.md 5.2) ------------------------------------------------------------------
   def _pretrain_step_fn(self, support_x, support_y, query_x, query_y):
+    """One MAML meta-update of OSAKA's pre-training (docs/ALGORITHMS.md 5.2)."""
     num_tasks = int(support_x.shape[0])  # Static: the meta-batch size.
     loss, acc, grads = self.mean_task_gradients(
         lambda i: (support_x[i], support_y[i], query_x[i], query_y[i]), num_tasks)
@@ -148,18 +146,15 @@ class OnlineLearner(core.LearnerCore):
     return float(self._evaluate_tasks(episodes.support_images, episodes.support_labels, episodes.query_images,
                                       episodes.query_labels))
 
-  # -- the stream (subclasses) -----------------------------------------------------------------------------
   def observe(self, x, y) -> Dict[str, object]:
     """Sees one stream step: returns at least `accuracy` (measured before learning from it) and `loss`."""
     raise NotImplementedError
 
-  # -- reporting ----------------------------------------------------------------------------------------------
   def step_size_values(self) -> Dict[str, float]:
     """Mean c * S(m) per inner-loop tensor (the learned per-tensor step sizes for C-MAML)."""
     sizes = self.step_sizes(self.read(self.mask_logits), self.noise_key(0, 0))
     return {info.name: float(tf.reduce_mean(s)) for info, s in zip(self.infos, sizes) if s is not None}
 
-  # -- checkpoint state ------------------------------------------------------------------------------------
   def state(self) -> Dict[str, np.ndarray]:
     """Everything a resumed stream needs (subclasses add their stream state)."""
     return self.model_state()
@@ -173,18 +168,6 @@ class OnlineLearner(core.LearnerCore):
 
   def restore_stream_info(self, info: Dict[str, object]):
     del info
-
-
-def check_positive_int(owner: str, **values):
-  for key, value in values.items():
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ConfigError(f'{owner}.{key} must be a positive int, got {value!r}')
-
-
-def check_finite_settings(owner: str, **values):
-  for key, value in values.items():
-    if value is not None and not math.isfinite(value):
-      raise ConfigError(f'{owner}.{key} must be finite, got {value!r}')
 
 
 def as_batch(x, y, image_shape: Sequence[int], dtype=tf.float32):

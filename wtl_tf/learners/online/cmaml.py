@@ -15,7 +15,7 @@ import tensorflow as tf
 from wtl_tf import inner_loop as inner_lib
 from wtl_tf.learners.online import base as online_base
 from wtl_tf.learners.online.base import OnlineLearner
-from wtl_tf.errors import ConfigError
+from wtl_tf.errors import ConfigError, check_ints
 
 PHASES = ('evaluation', 'adaptation', 'detection', 'meta_update', 'buffer')
 
@@ -60,8 +60,10 @@ class ContinualMAML(OnlineLearner):
                prolonged: bool = True, meta_learning: bool = True, images_per_step: int = 50,
                image_shape: Sequence[int] = (28, 28, 1), dtype: str = 'float32', seed: int = 0,
                jit_compile: bool = False, tasks_in_flight: int = 1, name: Optional[str] = None):
-    online_base.check_positive_int('ContinualMAML', buffer_limit=buffer_limit, images_per_step=images_per_step)
-    online_base.check_finite_settings('ContinualMAML', gamma=gamma, update_lambda=update_lambda)
+    check_ints('ContinualMAML', buffer_limit=buffer_limit, images_per_step=images_per_step)
+    for key, value in (('gamma', gamma), ('update_lambda', update_lambda)):
+      if value is not None and not math.isfinite(value):
+        raise ConfigError(f'ContinualMAML.{key} must be finite, got {value!r}')
     if update_lambda is not None and update_lambda < 0:
       raise ConfigError(f'ContinualMAML.update_lambda must be >= 0 or None, got {update_lambda}')
     kwargs = {'optimizer': optimizer} if optimizer else {}
@@ -92,7 +94,6 @@ class ContinualMAML(OnlineLearner):
     self._meta_update = self._compile(self._meta_update_fn, (scalar,))
     self._push = self._compile(self._push_fn, step + (scalar,))
 
-  # -- compiled pieces ---------------------------------------------------------------------------------
   def _loss_acc_fn(self, x, y):
     logits = self.logits(self.read(self.fast), x)
     return inner_lib.cross_entropy(y, logits), online_base.accuracy(y, logits)
@@ -124,7 +125,6 @@ class ContinualMAML(OnlineLearner):
     self.buffer_y[slot].assign(y)
     return slot
 
-  # -- the stream ---------------------------------------------------------------------------------------
   def _timed(self, phase, fn, *args):
     start = time.perf_counter()
     out = tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
@@ -166,7 +166,6 @@ class ContinualMAML(OnlineLearner):
     out['tbd'] = tbd
     return out
 
-  # -- checkpoint state ---------------------------------------------------------------------------------
   def state(self):
     out = self.model_state()
     out.update({f'phi/{i}': v.numpy() for i, v in enumerate(self.fast)})
