@@ -65,7 +65,8 @@ def test_debug_and_verbosity_show_library_output():
           'logging.getLogger("apache_beam").warning("library warning"); warnings.warn("library python warning")')
   run = lambda *args, env=None: subprocess.run(
       [sys.executable, '-c', code, *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
-      env={**{k: v for k, v in os.environ.items() if k not in ('TF_CPP_MIN_LOG_LEVEL', 'WTL_DEBUG')}, **(env or {})})
+      env={**{k: v for k, v in os.environ.items() if k not in ('TF_CPP_MIN_LOG_LEVEL', 'WTL_DEBUG', 'PYTHONWARNINGS')},
+           **(env or {})})
   quiet = run()
   assert quiet.returncode == 0 and quiet.stderr == '', quiet.stderr  # TensorFlow's import-time C++ lines too.
   for loud in (run(env={'WTL_DEBUG': '1'}), run('--verbosity=1'), run('-v', '0')):

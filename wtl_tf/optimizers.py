@@ -6,8 +6,9 @@ optimizers bind to the strategy they are created under). Gin files pass scoped r
     FewShotLearner.theta_optimizer = @theta/adam
     theta/adam.learning_rate = 1e-3
 
-Adam's epsilon is PyTorch's 1e-8 (Keras' default is 1e-7, docs/ALGORITHMS.md gotcha 13). Keras adds epsilon to sqrt(v_hat) after bias
-correction of both moments, PyTorch to sqrt(v)/sqrt(1 - beta2^t); the two agree once epsilon is negligible.
+Adam's epsilon is PyTorch's 1e-8 (Keras' default is 1e-7, docs/ALGORITHMS.md gotcha 13). Keras adds epsilon to
+sqrt(v_hat) after bias correction of both moments, PyTorch to sqrt(v)/sqrt(1 - beta2^t); the two agree once epsilon
+is negligible.
 SGD with momentum and Nesterov is the same recursion in both libraries.
 """
 import gin

@@ -244,7 +244,7 @@ def _train(learner, train, val_set, test_set, progress, run_dir, log, seed, meta
             f'stopped without saving, so {run_dir.file("checkpoints/last.json")} (step {progress["step"]}) is the '
             f'last good checkpoint. Lower the learning rates or set FewShotLearner.clamp_outer_gradients.')
       step += 1
-      last_position = step * meta_batch_size - 1  # The epoch's sparsity comes from its last task (docs/ALGORITHMS.md 1.9).
+      last_position = step * meta_batch_size - 1  # An epoch's sparsity: its last task (docs/ALGORITHMS.md 1.9).
       if step % log_every == 0 or step % batches_per_epoch == 0:
         spars = learner.sparsity(position=last_position)
         sparsity = spars['overall']
