@@ -178,3 +178,19 @@ def test_corrupt_record_is_a_data_error_naming_the_file(tmp_path):
   truncate(victim, keep=0.5)
   with pytest.raises(records.DataError, match='truncated or not a TFRecord file'):
     episodes.EpisodeSampler(spec, 'train', ways=5, shots=1, queries=1, mode='stream')
+
+
+def test_a_corrupt_record_read_in_stream_mode_is_a_data_error(tmp_path):
+  # Framing intact, payloads damaged: only reading the records finds it, which stream mode does lazily.
+  pipelines_main.run('mnist', fake_mnist(str(tmp_path / 'raw')), str(tmp_path / 'o'), beam_args=FAST, quiet=True)
+  spec = records.DatasetSpec.load(str(tmp_path / 'o'))
+  victim = spec.files('train', 3)[0]
+  data = bytearray(open(victim, 'rb').read())
+  for offset, length in episodes.record_ranges(victim)[0]:
+    data[offset + length // 4:offset + length // 2] = bytes(length // 2 - length // 4)
+  open(victim, 'wb').write(bytes(data))
+  sampler = episodes.EpisodeSampler(spec, 'train', ways=10, shots=1, queries=1, mode='stream')  # Every class.
+  with pytest.raises(records.DataError, match=r'a corrupt record in the training episodes: .*Re-run the pipeline'):
+    list(records.checked(sampler.dataset(0, num_episodes=2), 'the training episodes'))
+  with pytest.raises(ValueError, match='not a record problem'):  # Anything else is not turned into a DataError.
+    list(records.checked(iter(lambda: (_ for _ in ()).throw(ValueError('not a record problem')), None), 'x'))

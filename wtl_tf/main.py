@@ -1,5 +1,6 @@
 """Entry point: python -m wtl_tf.main --gin_file=... [--gin_param=...] --workdir=DIR."""
 import errno
+import importlib
 import logging
 import os
 import sys
@@ -30,23 +31,12 @@ def selected_experiment(experiment=gin.REQUIRED):
 
 
 def _register_configurables():
-  # pylint: disable=g-import-not-at-top,unused-import
-  import wtl_tf.distribute
-  import wtl_tf.experiments.continual
-  import wtl_tf.experiments.fewshot
-  import wtl_tf.data.fewshot
-  import wtl_tf.experiments.online
-  import wtl_tf.experiments.online_pretrain
-  import wtl_tf.learners.online.cmaml
-  import wtl_tf.learners.continual.baselines
-  import wtl_tf.learners.fewshot
-  import wtl_tf.learners.continual.lamaml
-  import wtl_tf.learners.online.baselines
-  import wtl_tf.models.conv4
-  import wtl_tf.models.mlp
-  import wtl_tf.models.resnet12
-  import wtl_tf.modulation
-  import wtl_tf.optimizers
+  """Imports every module that registers names with gin."""
+  for module in ('distribute', 'data.fewshot', 'experiments.continual', 'experiments.fewshot', 'experiments.online',
+                 'experiments.online_pretrain', 'learners.fewshot', 'learners.continual.baselines',
+                 'learners.continual.lamaml', 'learners.online.baselines', 'learners.online.cmaml', 'models.conv4',
+                 'models.mlp', 'models.resnet12', 'modulation', 'optimizers'):
+    importlib.import_module(f'wtl_tf.{module}')
 
 
 def parse_config(gin_files, gin_params):

@@ -5,7 +5,8 @@ Errors (`DataError`) name the file and what to do: missing spec, truncated or co
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+import re
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -74,6 +75,21 @@ def _is_damaged(path) -> bool:
   except tf.errors.DataLossError:
     return True
   return False
+
+
+# What TensorFlow says when a record's bytes are damaged (a real bug's InvalidArgumentError keeps its traceback).
+_DAMAGED = re.compile(r'parse|png|jpeg|decode|corrupt|truncat|checksum|crc', re.IGNORECASE)
+
+
+def checked(iterable: Iterable, what: str) -> Iterator:
+  """Iterates a dataset that reads records lazily (stream mode); a damaged record is a DataError naming `what`."""
+  try:
+    yield from iterable
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    if isinstance(e, tf.errors.InvalidArgumentError) and not _DAMAGED.search(e.message):
+      raise
+    reason = re.sub(r'\{\{[^}]*\}\}\s*', '', e.message.splitlines()[0]).rsplit(': ', 1)[-1][:200]
+    raise DataError(f'a corrupt record in {what}: {reason}. Re-run the pipeline.') from None
 
 
 def read_files(files: Sequence[str], image_shape) -> Tuple[np.ndarray, np.ndarray]:

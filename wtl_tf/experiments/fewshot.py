@@ -26,11 +26,13 @@ from wtl_tf import distribute
 from wtl_tf import plots
 from wtl_tf import rundir
 from wtl_tf import summaries
+from wtl_tf.data import records
 from wtl_tf.errors import ConfigError, TrainingDiverged, check_ints
 from wtl_tf.learners import fewshot as fewshot_learners  # noqa: F401  (registers the learners with gin)
 from wtl_tf.models.conv4 import conv4
 
 SETTING = 'fewshot'
+BEST = 'checkpoints/best.npz'  # The best validation checkpoint's weights (no optimizer state).
 
 
 def mean_ci95(values) -> (float, float):
@@ -41,23 +43,12 @@ def mean_ci95(values) -> (float, float):
   return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
 
 
-def _save_best(run_dir, learner):
-  run_dir.write_npz_atomic('checkpoints/best.npz', learner.state(with_optimizers=False))
-
-
-def _load_best(run_dir, learner) -> bool:
-  if not os.path.exists(run_dir.file('checkpoints/best.npz')):
-    return False
-  learner.restore(run_dir.read_npz('checkpoints/best.npz'))
-  return True
-
-
 def evaluate(learner, episodes, batch_size: int, split: str, desc: str = '', show_progress: bool = False) -> dict:
   """Accuracy and loss of `learner` on a fixed episode set: mean, 95% CI and the per-episode accuracies."""
   dataset, steps, total = distribute.eval_batches(learner.strategy, episodes, batch_size)
   accuracies, losses = [], []
-  for tasks, positions in tqdm(dataset, total=steps, desc=desc, unit='batch', leave=False,
-                               disable=not show_progress, dynamic_ncols=True):
+  for tasks, positions in tqdm(records.checked(dataset, f'the {desc or split} episodes'), total=steps, desc=desc,
+                               unit='batch', leave=False, disable=not show_progress, dynamic_ncols=True):
     acc, loss = learner.eval_step(tasks, positions, split=split)
     accuracies.append(acc.numpy())
     losses.append(loss.numpy())
@@ -228,7 +219,8 @@ def _train(learner, train, val_set, test_set, progress, run_dir, log, seed, meta
   step = progress['step']
   if step >= total_steps:
     return
-  batches = iter(distribute.train_batches(learner.strategy, train, seed, meta_batch_size, start_step=step))
+  batches = records.checked(distribute.train_batches(learner.strategy, train, seed, meta_batch_size, start_step=step),
+                            'the training episodes')
   bar = tqdm(total=total_steps, initial=step, desc=learner.name, unit='step', disable=not show_progress,
              dynamic_ncols=True)
   sparsity = learner.sparsity(position=step * meta_batch_size)['overall']
@@ -284,7 +276,7 @@ def _end_of_epoch(learner, epoch, step, last_position, val_set, test_set, progre
                         test_at_best={'accuracy': test['accuracy'], 'ci95': test['ci95'],
                                       'num_episodes': test['num_episodes']})
         record['test_accuracy'] = test['accuracy']
-        _save_best(run_dir, learner)
+        run_dir.write_npz_atomic(BEST, learner.state(with_optimizers=False))
     progress['history'].append(record)
   progress.update(step=step, epoch=epoch)
   run_dir.save_checkpoint(learner.state(), progress)
@@ -293,7 +285,9 @@ def _end_of_epoch(learner, epoch, step, last_position, val_set, test_set, progre
 def _final(learner, data, cross_domain, progress, run_dir, log, test_split, ways, shots, queries, eval_seed,
            num_final_episodes, episodes_dir, eval_batch_size, seed, show_progress) -> dict:
   """Tests the selected checkpoint on the fixed evaluation episodes, here and across domains."""
-  selected = 'best' if _load_best(run_dir, learner) else 'last'
+  selected = 'best' if os.path.exists(run_dir.file(BEST)) else 'last'
+  if selected == 'best':
+    learner.restore(run_dir.read_npz(BEST))
   sparsity = progress['sparsity_at_best'] if selected == 'best' else progress['sparsity_curve']['sparsity'][-1]
   final_set = data.split(test_split, ways, shots, queries).fixed(eval_seed, num_final_episodes, episodes_dir)
   test = evaluate(learner, final_set, eval_batch_size, 'eval', desc='final test', show_progress=show_progress)
