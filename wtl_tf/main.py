@@ -54,15 +54,6 @@ def parse_config(gin_files, gin_params):
     raise ConfigError(f'Invalid gin configuration: {e}'.replace('\n', ' ')) from None
 
 
-def _user_errors() -> tuple:
-  """What a user fixes (configuration, data, run directory, divergence): one line, exit code 2. Anything else is a
-  bug and keeps its traceback."""
-  # pylint: disable=g-import-not-at-top
-  from wtl_tf.data.records import DataError
-  from wtl_tf.learners.core import CheckpointMismatch  # A workdir holding another configuration's checkpoint.
-  return errors.UserError, DataError, CheckpointMismatch
-
-
 def run(workdir: str):
   """Runs the configured experiment in `workdir`, held for this process, and writes its operative config."""
   rundir.USE_GIN = True
@@ -83,7 +74,7 @@ def main(argv):
   try:
     parse_config(FLAGS.gin_file, FLAGS.gin_param)
     return run(FLAGS.workdir)
-  except _user_errors() as e:
+  except errors.UserError as e:  # Configuration, data, run directory, divergence. Anything else is a bug.
     if os.environ.get('WTL_DEBUG'):
       raise
     message = str(e)

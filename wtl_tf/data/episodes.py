@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from wtl_tf.data import records
+from wtl_tf.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -125,9 +126,9 @@ class EpisodeSampler:
   def __init__(self, spec: records.DatasetSpec, split: str, ways: int, shots: int, queries: int = 15,
                mode: str = 'memory', normalize: bool = False, augment: bool = False, augment_padding: int = 8):
     if mode not in ('memory', 'stream'):
-      raise ValueError(f"mode must be 'memory' or 'stream', got {mode!r}")
+      raise ConfigError(f"EpisodeSampler.mode (FewShotData.mode) must be 'memory' or 'stream', got {mode!r}")
     if normalize and spec.image_shape[-1] != 3:
-      raise ValueError(f'normalize=True needs RGB images; {spec.name} has {spec.image_shape[-1]} channel(s)')
+      raise ConfigError(f'normalize=True needs RGB images; {spec.name} has {spec.image_shape[-1]} channel(s)')
     self.spec, self.split, self.mode = spec, split, mode
     self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
     self.normalize, self.augment, self.augment_padding = normalize, augment, int(augment_padding)

@@ -11,11 +11,13 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from wtl_tf.errors import UserError
+
 SPEC_FILE = 'dataset_spec.json'
 RECORDS_DIR = 'records'
 
 
-class DataError(Exception):
+class DataError(UserError):
   """Missing, corrupt or inconsistent prepared data; the message says which file and what to do."""
 
 

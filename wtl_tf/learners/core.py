@@ -24,13 +24,13 @@ import tensorflow as tf
 
 from wtl_tf import modulation as modulation_lib
 from wtl_tf import params as params_lib
-from wtl_tf.errors import ConfigError, TrainingDiverged
+from wtl_tf.errors import ConfigError, TrainingDiverged, WorkdirError
 from wtl_tf.models import layers
 
 OptimizerFactory = Callable[[], keras.optimizers.Optimizer]
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(WorkdirError, ValueError):
   """A saved state that does not fit this learner: it was written under another configuration."""
 
 
