@@ -479,6 +479,7 @@ def test_real_omniglot_full(data_root, tmp_path):
 
 
 @pytest.mark.beam
+@pytest.mark.slow  # Converts all 60,000 CIFAR-10 images (no paper setting reads CIFAR-10).
 def test_real_cifar(data_root, tmp_path):
   spec_json = run('cifar10', os.path.join(data_root, 'cifar10'), tmp_path / 'out')
   assert spec_json['input_format'] == 'zips' and not spec_json['bad_images']
