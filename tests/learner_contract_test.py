@@ -33,6 +33,27 @@ def _parsed(files, params=()):
   main.parse_config([os.path.join(ROOT, 'gin', f) for f in files], list(params))
 
 
+def _built_from_row(row_file, params, build):
+  """build(factory) with the learner factory a continual or online gin row binds, while its bindings hold."""
+  try:
+    _parsed([row_file], params)
+    if row_file.startswith('continual/'):
+      (ref,) = gin.query_parameter('run_continual.learners').values()
+    else:
+      ref = gin.query_parameter('run_online.learner')
+    return build(ref.scoped_configurable_fn)
+  finally:
+    gin.clear_config()
+
+
+def _mlp():
+  return mlp(input_size=784, hidden_sizes=(16, 16), num_classes=10, seed=0)
+
+
+def _convnet():
+  return functools.partial(online_exp.osaka_convnet, seed=0, hidden_size=8)
+
+
 class FewShot:
   """A learner layer of gin/fewshot/learners on the synthetic Conv4 row (28x28, 5-way 1-shot), K = 1."""
 
@@ -68,16 +89,10 @@ class Continual:
   @staticmethod
   def build(row, tmp_path):
     del tmp_path
-    try:
-      _parsed([f'continual/rotations_{row}.gin'], ['MER.steps = 1', 'MER.replay_size = 2'])
-      (factory,) = gin.query_parameter('run_continual.learners').values()
-      factory = factory.scoped_configurable_fn
-      kwargs = {'seed': 0}
-      if 'batch_size' in inspect.signature(factory).parameters:
-        kwargs['batch_size'] = 10
-      return factory(mlp(input_size=784, hidden_sizes=(16, 16), num_classes=10, seed=0), **kwargs)
-    finally:
-      gin.clear_config()
+    def build(factory):
+      kwargs = {'batch_size': 10} if 'batch_size' in inspect.signature(factory).parameters else {}
+      return factory(_mlp(), seed=0, **kwargs)
+    return _built_from_row(f'continual/rotations_{row}.gin', ['MER.steps = 1', 'MER.replay_size = 2'], build)
 
   @staticmethod
   def step(learner, i):
@@ -93,12 +108,8 @@ class Online:
   @staticmethod
   def build(row, tmp_path):
     del tmp_path
-    try:
-      _parsed([f'online/p098_{row}.gin'], ['InnerLoop.num_steps = 1'])
-      factory = gin.query_parameter('run_online.learner').scoped_configurable_fn
-      return factory(model_fn=functools.partial(online_exp.osaka_convnet, seed=0, hidden_size=8), seed=0)
-    finally:
-      gin.clear_config()
+    return _built_from_row(f'online/p098_{row}.gin', ['InnerLoop.num_steps = 1'],
+                           lambda factory: factory(model_fn=_convnet(), seed=0))
 
   @staticmethod
   def step(learner, i):
@@ -186,20 +197,12 @@ def test_noisy_binary_mask_runs_in_continual_and_online_learners(setting, row, t
   del tmp_path
   from wtl_tf import modulation  # pylint: disable=g-import-not-at-top
   noisy = modulation.NoisyBinaryMask(step_size=0.1, feature_size=8, hidden_size=4)
-  try:
-    _parsed([f'{"continual/rotations" if setting is Continual else "online/p098"}_{row}.gin'],
-            ['InnerLoop.num_steps = 1'] if setting is Online else [])
-    ref = (list(gin.query_parameter('run_continual.learners').values())[0] if setting is Continual
-           else gin.query_parameter('run_online.learner'))
-    factory = ref.scoped_configurable_fn
-    if setting is Continual:
-      learner = factory(mlp(input_size=784, hidden_sizes=(16, 16), num_classes=10, seed=0), modulation=noisy,
-                        seed=0, batch_size=10)
-    else:
-      learner = factory(model_fn=functools.partial(online_exp.osaka_convnet, seed=0, hidden_size=8),
-                        modulation=noisy, seed=0)
-  finally:
-    gin.clear_config()
+  if setting is Continual:
+    learner = _built_from_row(f'continual/rotations_{row}.gin', [],
+                              lambda factory: factory(_mlp(), modulation=noisy, seed=0, batch_size=10))
+  else:
+    learner = _built_from_row(f'online/p098_{row}.gin', ['InnerLoop.num_steps = 1'],
+                              lambda factory: factory(model_fn=_convnet(), modulation=noisy, seed=0))
   first = _values(learner.mask_logits)
   setting.step(learner, 0)
   setting.step(learner, 1)
