@@ -84,6 +84,63 @@ def test_online_column_resumes_and_shares_pretraining(specs, tmp_path, capsys): 
   assert '| c_maml |' in out and '92.8 ± 0.6' in out and (tmp_path / 'p098_smoke' / 'cumulative.png').exists()
 
 
+def test_grid_tunes_on_validation_seeds_then_reports_with_the_winner(tiny_mnist, tmp_path, capsys):
+  # pylint: disable=redefined-outer-name
+  args = ['--setting=continual', '--benchmark=permutations', '--learners=sparse_la_maml', '--smoke',
+          f'--workdir={tmp_path}', f'--gin_param=Benchmark.raw_dir="{tiny_mnist}"',
+          f'--gin_param=Benchmark.records_dir="{tmp_path}/records"', '--seeds=0', '--val_seeds=100,101',
+          '--grid=sparse_la_maml/ScaledBinaryMask.step_size=0.05,0.2', '--grid=sparse_la_maml/LaMAML.lr_m=0.1']
+  summary = reproduce.main(args)
+  base = tmp_path / 'permutations_smoke' / 'sparse_la_maml'
+  grid = json.load(open(base / 'grid' / 'grid.json', encoding='utf-8'))
+  assert [p['point'] for p in grid['points']] == ['ScaledBinaryMask.step_size=0.05,LaMAML.lr_m=0.1',
+                                                  'ScaledBinaryMask.step_size=0.2,LaMAML.lr_m=0.1']
+  for point in grid['points']:
+    assert point['seeds'] == [100, 101]
+    for seed, score in zip(point['seeds'], point['scores']):
+      run = base / 'grid' / point['point'] / f'seed_{seed}'
+      result = json.load(open(run / 'results.json', encoding='utf-8'))
+      assert score == pytest.approx(100 * result['ra'])  # Scored by RA on the validation seed's own benchmark.
+      assert 'Benchmark.seed = %d' % seed in (run / 'operative_config.gin').read_text()
+  winner = max(grid['points'], key=lambda p: p['mean'])
+  assert grid['winner'] == winner['point']
+  step = winner['bindings'][0].split('= ')[1]
+  config = (base / 'seed_0' / 'operative_config.gin').read_text()
+  assert f'sparse_la_maml/ScaledBinaryMask.step_size = {step}' in config and 'Benchmark.seed = 0' in config
+  assert summary['sparse_la_maml']['seeds'] == [0]
+  assert json.load(open(base / 'tuned.json', encoding='utf-8'))['bindings'] == winner['bindings']
+  assert 'tuned on validation seeds' in capsys.readouterr().out
+  stamps = {p: os.path.getmtime(p) for p in base.rglob('results.json')}
+  reproduce.main(args)  # Resumes: every run is read back.
+  assert stamps == {p: os.path.getmtime(p) for p in base.rglob('results.json')}
+  loser = [p for p in grid['points'] if p is not winner][0]
+  with pytest.raises(SystemExit):  # Only the loser left: a different winner, while seed 0 holds the old one's run.
+    reproduce.main(args[:-2] + [f'--grid={loser["bindings"][0].replace(" = ", "=")}',
+                                '--grid=sparse_la_maml/LaMAML.lr_m=0.1'])
+  assert 'move' in capsys.readouterr().err
+
+
+def test_grid_winner_is_the_best_mean_and_the_first_of_ties(monkeypatch, tmp_path):
+  scores = {('0.1', '1'): [70, 72], ('0.1', '2'): [75, 71], ('0.2', '1'): [80, 66], ('0.2', '2'): [60, 60]}
+
+  def fake_execute(run):
+    step = [p for p in run.gin_params if 'step_size' in p][-1].split('= ')[1]
+    lr = [p for p in run.gin_params if 'lr_m' in p][-1].split('= ')[1]
+    return {'ra': scores[(step, lr)][[100, 101].index(run.seed)] / 100}
+  monkeypatch.setattr(reproduce, 'execute', fake_execute)
+  reproduce.parse_flags(['reproduce', '--setting=continual', '--learners=sparse_la_maml', f'--workdir={tmp_path}',
+                         '--grid=sparse_la_maml/ScaledBinaryMask.step_size=0.1,0.2',
+                         '--grid=sparse_la_maml/LaMAML.lr_m=1,2'])
+  (_, runs), = reproduce.plan('continual', [0, 1], str(tmp_path)).items()
+  (_, val_runs), = reproduce.plan('continual', [100, 101], str(tmp_path)).items()
+  tuned = reproduce.tune(runs, reproduce.grid_runs(runs, val_runs))
+  # Means 71, 73, 73, 60: the second point wins (the third ties it but comes later).
+  assert [r.gin_params[-2:] for r in tuned] == [['sparse_la_maml/ScaledBinaryMask.step_size = 0.1',
+                                                'sparse_la_maml/LaMAML.lr_m = 2']] * 2
+  assert [r.seed for r in tuned] == [0, 1]
+  assert reproduce.split_values('0.1, (1, 2),"a,b"') == ['0.1', '(1, 2)', '"a,b"']
+
+
 @pytest.mark.parametrize('args, message', [
     (['--setting=tables'], 'setting'),
     (['--rows=sparse_maml_conv4_omniglot_5w1s'], '--setting is required'),
@@ -94,6 +151,13 @@ def test_online_column_resumes_and_shares_pretraining(specs, tmp_path, capsys): 
     (['--setting=continual', '--learners=nope'], 'no gin file gin/continual/rotations_nope.gin'),
     (['--setting=continual', '--seeds=0,x'], '--seeds must be'),
     (['--setting=continual', '--gin_param=la_maml/LaMAML.glancez=3'], "doesn't have a parameter named 'glancez'"),
+    (['--setting=continual', '--learners=sparse_la_maml', '--grid=LaMAML.lr_m=0.1', '--seeds=0,100'],
+     '--val_seeds and --seeds share 100'),
+    (['--setting=continual', '--grid=LaMAML.lr_m=0.1'], 'one learner'),
+    (['--setting=continual', '--learners=la_maml', '--grid=lr_m=0.1'], '--grid must look like'),
+    (['--setting=continual', '--learners=la_maml', '--val_seeds=5'], 'only with --grid'),
+    (['--setting=continual', '--learners=la_maml', '--grid=la_maml/LaMAML.lr_mm=0.1,0.2'],
+     "doesn't have a parameter named 'lr_mm'"),
 ])
 def test_bad_flags_and_gin_are_one_line_before_any_run(tmp_path, args, message):
   out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'reproduce.py'), f'--workdir={tmp_path}',

@@ -4,6 +4,9 @@
   python tools/reproduce.py --setting=continual --benchmark=rotations --learners=la_maml,sparse_la_maml
   python tools/reproduce.py --setting=online --p=0.98 --learners=c_maml,sparse_c_maml [--short]
       common: [--seeds=0,1,2,3,4] [--workdir=DIR] [--gin_file=FILE ...] [--gin_param='name=value' ...] [--list]
+  python tools/reproduce.py --setting=continual --benchmark=permutations --learners=sparse_la_maml \
+      --grid='sparse_la_maml/ScaledBinaryMask.step_size=0.05,0.1,0.2' --grid='sparse_la_maml/LaMAML.lr_m=0.03,0.1' \
+      [--val_seeds=100,101]
 
 Every (row or learner, seed) is one ordinary run, `python -m wtl_tf.main --gin_file=<row>.gin` plus the seed, in its
 own process and run directory:
@@ -24,12 +27,23 @@ own process and run directory:
 `--smoke`, `--short` and `--synthetic` runs go to directories with that suffix (<row>_smoke, p098_short, ...), so
 they never mix with full runs.
 
+Tuning (`--grid`, one learner or row): every point of the grid (the product of the --grid value lists) runs on
+the validation seeds (--val_seeds, which must be disjoint from --seeds), in <learner or row dir>/grid/<point>/seed_<s>.
+For continual learning a validation seed is a benchmark seed (other angles or permutations), for online learning a
+stream seed, for few-shot learning a training seed. The point with the best mean score on the validation seeds wins
+(continual: RA; online: cumulative accuracy; few-shot: best validation accuracy; never sparsity, never a reporting
+seed; the first point in grid order wins a tie). The reporting seeds then run with the winner's bindings in the usual
+place. grid.md and grid.json (every point's per-seed scores and the winner) go to the grid directory, tuned.json
+(the winning bindings) next to the reporting runs; a later, different winner is refused while runs made with the old
+one exist.
+
 Finished runs (a results.json that parses) are read back, not rerun, and interrupted ones resume from their last
 checkpoint, so rerunning the same command continues a half-finished sweep; adding seeds or learners runs only those.
 The summary (table.md: mean ± std with ddof 0, next to the paper; summary.json with the numbers) goes next to the
 runs. Bad flags, rows or gin bindings are reported as one `error: ...` line (exit code 2) before any run starts.
 """
 import glob
+import itertools
 import json
 import os
 import subprocess
@@ -78,6 +92,10 @@ flags.DEFINE_bool('synthetic', False, 'fewshot: synthetic data of the same image
                   flag_values=FLAGS)
 flags.DEFINE_multi_string('gin_file', [], 'Extra gin files for every run (after the row).', flag_values=FLAGS)
 flags.DEFINE_multi_string('gin_param', [], 'Extra gin bindings for every run.', flag_values=FLAGS)
+flags.DEFINE_multi_string('grid', [], "Tune: 'gin.binding=v1,v2,...' (repeat the flag for a product grid); values "
+                          'are gin literals. See the module docstring.', flag_values=FLAGS)
+flags.DEFINE_list('val_seeds', ['100', '101'], 'Validation seeds of --grid (disjoint from --seeds).',
+                  flag_values=FLAGS)
 flags.DEFINE_bool('list', False, 'List the rows (fewshot) or learners (continual, online) and exit.',
                   flag_values=FLAGS)
 
@@ -231,6 +249,115 @@ def execute(run):
     raise RunFailed(f'{run.label} seed {run.seed} failed (exit code {proc.returncode}, run directory {run.run_dir}); '
                     'rerun the same command to resume')
   return result
+
+
+# Tuning (--grid).
+
+SCORES = {'fewshot': ('best_val_accuracy', 'best validation accuracy'), 'continual': ('ra', 'RA'),
+          'online': ('cumulative_accuracy', 'cumulative accuracy')}
+
+
+def split_values(text):
+  """'0.1,(1, 2),"a,b"' -> ['0.1', '(1, 2)', '"a,b"']: commas inside brackets or quotes do not split."""
+  values, depth, quote, start = [], 0, None, 0
+  for i, ch in enumerate(text):
+    if quote:
+      quote = None if ch == quote else quote
+    elif ch in '\'"':
+      quote = ch
+    elif ch in '([{':
+      depth += 1
+    elif ch in ')]}':
+      depth -= 1
+    elif ch == ',' and depth == 0:
+      values.append(text[start:i].strip())
+      start = i + 1
+  values.append(text[start:].strip())
+  return values
+
+
+def parse_grid(specs):
+  """[(binding name, [values])] from the --grid flags."""
+  grid = []
+  for spec in specs:
+    name, sep, values = spec.partition('=')
+    name, values = name.strip(), split_values(values)
+    if not sep or '.' not in name or not all(values):
+      raise UsageError(f"--grid must look like 'Scope/Class.param=v1,v2,...', got {spec!r}")
+    if name in [n for n, _ in grid]:
+      raise UsageError(f'--grid names {name} twice')
+    grid.append((name, values))
+  return grid
+
+
+def grid_points(grid):
+  """Every combination of the grid's values, as lists of gin bindings, in grid order."""
+  names = [n for n, _ in grid]
+  return [[f'{n} = {v}' for n, v in zip(names, combo)] for combo in itertools.product(*[v for _, v in grid])]
+
+
+def point_label(bindings):
+  """A directory name for a grid point: its bindings without scopes, e.g. `ScaledBinaryMask.step_size=0.1,...`."""
+  parts = [b.split('/')[-1].replace(' ', '') for b in bindings]
+  return ''.join(c if c.isalnum() or c in '._=,-+' else '_' for c in ','.join(parts))
+
+
+def with_bindings(run, seed_run, run_dir, bindings):
+  """A copy of `seed_run` (same learner, another seed) in `run_dir`, with `bindings` after its own."""
+  return Run(run.label, run.name, seed_run.seed, run_dir, seed_run.gin_files, seed_run.gin_params + bindings)
+
+
+def grid_runs(runs, val_runs):
+  """{point label: (bindings, [Run on each validation seed])} for the learner or row of `runs`."""
+  grid_dir = os.path.join(os.path.dirname(runs[0].run_dir), 'grid')
+  return {point_label(b): (b, [with_bindings(runs[0], v, os.path.join(grid_dir, point_label(b), f'seed_{v.seed}'), b)
+                               for v in val_runs]) for b in grid_points(parse_grid(FLAGS.grid))}
+
+
+def tune(runs, points):
+  """Runs the grid on the validation seeds, records it, and returns `runs` with the winning bindings added."""
+  key, score_name = SCORES[FLAGS.setting]
+  learner_dir = os.path.dirname(runs[0].run_dir)
+  table = []
+  for label, (bindings, val_runs) in points.items():
+    scores = [100 * float(execute(run)[key]) for run in val_runs]
+    table.append({'point': label, 'bindings': bindings, 'seeds': [r.seed for r in val_runs], 'scores': scores,
+                  'mean': float(np.mean(scores))})
+  best = max(table, key=lambda row: row['mean'])  # max keeps the first of equal means.
+  lines = [f'{runs[0].label}: grid on validation seeds {",".join(map(str, best["seeds"]))}, scored by '
+           f'{score_name} (%, mean over the seeds); winner in bold', '',
+           '| point | ' + ' | '.join(f'seed {s}' for s in best['seeds']) + ' | mean |',
+           '|---|' + '---|' * (len(best['seeds']) + 1)]
+  for row in table:
+    cells = [f'{row["point"]}'] + [f'{v:.2f}' for v in row['scores']] + [f'{row["mean"]:.2f}']
+    lines.append('| ' + ' | '.join(f'**{c}**' if row is best else c for c in cells) + ' |')
+  from wtl_tf import rundir  # pylint: disable=g-import-not-at-top
+  grid_dir = rundir.RunDir(os.path.join(learner_dir, 'grid'))
+  grid_dir.write_text_atomic('grid.md', '\n'.join(lines) + '\n')
+  grid_dir.write_json_atomic('grid.json', {'score': key, 'points': table, 'winner': best['point']})
+  print('\n'.join(lines))
+  _check_tuned(learner_dir, runs, best['bindings'])
+  print(f'{runs[0].label}: tuned on validation seeds: {"; ".join(best["bindings"])}')
+  return [with_bindings(run, run, run.run_dir, best['bindings']) for run in runs]
+
+
+def _check_tuned(learner_dir, runs, bindings):
+  """Writes tuned.json; refuses a new winner while reporting runs made with an older one exist."""
+  from wtl_tf import rundir  # pylint: disable=g-import-not-at-top
+  path = os.path.join(learner_dir, 'tuned.json')
+  try:
+    with open(path, encoding='utf-8') as f:
+      previous = json.load(f)['bindings']
+  except (OSError, ValueError, KeyError):
+    previous = None
+  started = [r.run_dir for r in runs if os.path.exists(r.run_dir)]
+  if previous is not None and previous != bindings and started:
+    raise UsageError(f'{learner_dir}: the reporting runs were made with {"; ".join(previous)}, the grid now picks '
+                     f'{"; ".join(bindings)}; move {", ".join(started)} away to rerun them')
+  if previous is None and started:
+    raise UsageError(f'{learner_dir}: reporting runs without tuning exist ({", ".join(started)}); tune into another '
+                     '--workdir or move them away')
+  rundir.RunDir(learner_dir).write_json_atomic('tuned.json', {'bindings': bindings})
 
 
 # Summaries.
@@ -423,7 +550,28 @@ def parse_flags(argv):
   for path in FLAGS.gin_file:
     if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_DIR, path)):
       raise UsageError(f'Gin file not found: {path}')
+  if FLAGS.grid:
+    parse_grid(FLAGS.grid)
+    validation_seeds(seeds)
+    if len(FLAGS.rows if FLAGS.setting == 'fewshot' else FLAGS.learners or DEFAULT_LEARNERS[FLAGS.setting]) != 1:
+      raise UsageError('--grid tunes one learner (--learners) or row (--rows) at a time')
+  elif FLAGS['val_seeds'].present:
+    raise UsageError('--val_seeds applies only with --grid')
   return seeds
+
+
+def validation_seeds(seeds):
+  """--val_seeds as ints, checked to be distinct and disjoint from the reporting seeds."""
+  try:
+    val = [int(s) for s in FLAGS.val_seeds]
+  except ValueError:
+    raise UsageError(f'--val_seeds must be comma-separated integers, got {",".join(FLAGS.val_seeds)}') from None
+  if not val or len(set(val)) != len(val):
+    raise UsageError(f'--val_seeds must be distinct integers, got {",".join(FLAGS.val_seeds)}')
+  shared = sorted(set(val) & set(seeds))
+  if shared:
+    raise UsageError(f'--val_seeds and --seeds share {",".join(map(str, shared))}: tune on seeds you do not report')
+  return val
 
 
 def sweep(seeds):
@@ -435,9 +583,17 @@ def sweep(seeds):
     return None
   workdir = os.path.abspath(FLAGS.workdir or DEFAULT_WORKDIRS[setting])
   groups = plan(setting, seeds, workdir)
-  check_gin([run for runs in groups.values() for run in runs])
+  points = {}
+  if FLAGS.grid:
+    (group_dir, runs), = groups.items()
+    (_, val_runs), = plan(setting, validation_seeds(seeds), workdir).items()
+    points = grid_runs(runs, val_runs)
+  check_gin([run for runs in groups.values() for run in runs]
+            + [run for _, val_runs in points.values() for run in val_runs])
   out = {}
   for group_dir, runs in groups.items():
+    if points:
+      runs = tune(runs, points)
     results = [(run, execute(run)) for run in runs]
     if setting == 'fewshot':
       out[runs[0].name] = summarize_fewshot(runs[0].name, runs, [r for _, r in results], group_dir)
