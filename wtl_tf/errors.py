@@ -2,6 +2,12 @@
 
 Anything else that escapes an experiment is a bug and keeps its traceback.
 """
+import errno
+import os
+import sys
+from typing import Callable, TypeVar
+
+T = TypeVar('T')
 
 
 class UserError(Exception):
@@ -26,3 +32,26 @@ def check_ints(owner: str, least: int = 1, **values):
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
       kind = 'a positive int' if least == 1 else f'an int >= {least}'
       raise ConfigError(f'{owner}.{key} must be {kind}, got {value!r}')
+
+
+# Disk full, quota, read-only file system, permission: the machine, not the code (reported as one line).
+_USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def report_user_errors(fn: Callable[[], T]) -> T:
+  """fn(); a UserError (or a disk-full/permission OSError) exits 2 with one `error: ...` line on stderr.
+
+  Anything else is a bug and keeps its traceback; so does every error with WTL_DEBUG=1.
+  """
+  try:
+    return fn()
+  except UserError as e:
+    if os.environ.get('WTL_DEBUG'):
+      raise
+    message = str(e)
+  except OSError as e:
+    if e.errno not in _USER_OS_ERRORS or os.environ.get('WTL_DEBUG'):
+      raise
+    message = f'{e.strerror}: {e.filename}' if e.filename else str(e)
+  print(f'error: {" ".join(message.split())} (set WTL_DEBUG=1 for a traceback)', file=sys.stderr)
+  sys.exit(2)

@@ -1,9 +1,7 @@
 """Entry point: python -m wtl_tf.main --gin_file=... [--gin_param=...] --workdir=DIR."""
-import errno
 import importlib
 import logging
 import os
-import sys
 
 from wtl_tf import console  # pylint: disable=g-import-not-at-top
 console.quiet()  # Before TensorFlow, absl and gin are imported (see wtl_tf/console.py).
@@ -20,8 +18,6 @@ flags.DEFINE_multi_string('gin_file', [os.path.join(GIN_DIR, 'quickstart.gin')],
 flags.DEFINE_multi_string('gin_param', [], 'Gin bindings, e.g. "run_fewshot.epochs=10".')
 flags.DEFINE_string('workdir', 'runs/quickstart', 'Run directory (config, logs, results).')
 FLAGS = flags.FLAGS
-# Disk full, quota, read-only file system, permission: the machine, not the code (reported as one line).
-_USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 @gin.configurable('main')
@@ -69,21 +65,15 @@ def run(workdir: str):
   return result
 
 
+def _configure_and_run():
+  parse_config(FLAGS.gin_file, FLAGS.gin_param)
+  return run(FLAGS.workdir)
+
+
 def main(argv):
   del argv
-  try:
-    parse_config(FLAGS.gin_file, FLAGS.gin_param)
-    return run(FLAGS.workdir)
-  except errors.UserError as e:  # Configuration, data, run directory, divergence. Anything else is a bug.
-    if os.environ.get('WTL_DEBUG'):
-      raise
-    message = str(e)
-  except OSError as e:
-    if e.errno not in _USER_OS_ERRORS or os.environ.get('WTL_DEBUG'):
-      raise
-    message = f'{e.strerror}: {e.filename}' if e.filename else str(e)
-  print(f'error: {" ".join(message.split())} (set WTL_DEBUG=1 for a traceback)', file=sys.stderr)
-  sys.exit(2)
+  # Configuration, data, run directory, divergence: one line. Anything else is a bug.
+  return errors.report_user_errors(_configure_and_run)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,7 @@ test split; angles go into the task descriptors. Rotation is PIL's exactly: PIL 
 and the resulting map gathers every image.
 """
 import dataclasses
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
@@ -129,6 +129,11 @@ class Benchmark:
     test_x, test_y = records.load_split(spec, 'test')
     return build_tasks(self.kind, train_x, train_y, test_x, test_y, self.num_tasks, self.samples_per_task,
                        self.seed, self.classes_per_task)
+
+  def shape(self) -> Tuple[int, int]:
+    """(input size, number of classes) of the benchmark's tasks, from the records' description only."""
+    spec = prepare.ensure_records(self.dataset, self.records_dir, self.raw_dir)
+    return int(np.prod(spec.image_shape)), len({c['id'] for c in spec.classes})
 
   @property
   def name(self) -> str:

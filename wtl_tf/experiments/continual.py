@@ -141,11 +141,19 @@ def _by_group(points: List[Dict[str, float]]) -> Dict[str, List[float]]:
 @gin.configurable
 def run_continual(workdir: str, benchmark: continual_data.Benchmark = gin.REQUIRED,
                   learners: Dict[str, Callable] = gin.REQUIRED, model_fn: Callable = mlp, seed: int = 0,
-                  epochs: int = 1, batch_size: int = 10, log_every: int = 10, show_progress: bool = True) -> dict:
-  """Runs every learner on the benchmark; returns {learner name: results}. Prints RA, BTI and sparsity."""
+                  epochs: int = 1, batch_size: int = 10, log_every: int = 10, show_progress: bool = True,
+                  build_only: bool = False) -> dict:
+  """Runs every learner on the benchmark; returns {learner name: results}. Prints RA, BTI and sparsity.
+
+  With `build_only`, returns {learner name: the built learner} without loading the tasks (wtl_tf/saved_run.py).
+  """
   check_ints('run_continual', epochs=epochs, batch_size=batch_size)
   if not learners:
     raise ConfigError('run_continual.learners is empty: bind at least one learner')
+  if build_only:
+    input_size, num_classes = benchmark.shape()
+    return {name: _build_learner(factory, model_fn(input_size=input_size, num_classes=num_classes, seed=seed), seed,
+                                 batch_size) for name, factory in learners.items()}
   tasks = benchmark.load()
   print(f'{benchmark.name}: {len(tasks)} tasks x {len(tasks[0].train_x)} training samples, '
         f'{len(tasks[0].test_x)} test samples per task; {tasks[0].descriptor} ... {tasks[-1].descriptor}',

@@ -136,7 +136,8 @@ def run_fewshot(workdir: str, data=gin.REQUIRED, learner: Callable = gin.REQUIRE
     built.tasks_in_flight = 1
   if build_only:
     return {'learner': built, 'data': data, 'cross_domain': cross_domain, 'strategy': strategy, 'ways': ways,
-            'shots': shots, 'queries': queries, 'meta_batch_size': meta_batch_size}
+            'shots': shots, 'queries': queries, 'meta_batch_size': meta_batch_size, 'test_split': test_split,
+            'eval_seed': eval_seed, 'eval_batch_size': eval_batch_size}
 
   run_dir = rundir.RunDir(workdir, writer=distribute.is_chief(strategy))
   with run_dir.lock():

@@ -95,7 +95,7 @@ def run_online(workdir: str, learner: Callable = gin.REQUIRED, p: float = 0.98, 
                model_fn: Callable = osaka_convnet, omniglot_records: Optional[str] = None,
                mnist_records: Optional[str] = None, fashion_mnist_records: Optional[str] = None,
                scale_mnist: bool = False, log_every: int = 100, checkpoint_every: int = 500,
-               show_progress: bool = True) -> dict:
+               show_progress: bool = True, build_only: bool = False) -> dict:
   """Pre-trains (if `pretraining`), runs the OSAKA stream and writes the run directory; returns results.json.
 
   Args:
@@ -114,19 +114,22 @@ def run_online(workdir: str, learner: Callable = gin.REQUIRED, p: float = 0.98, 
     scale_mnist: put MNIST/Fashion-MNIST in [0, 1] (OSAKA keeps them at 0-255, docs/ALGORITHMS.md gotcha 17).
     log_every: steps between metrics.jsonl / TensorBoard records.
     checkpoint_every: steps between checkpoints.
+    build_only: return {'learner': the built learner} without reading data or training (wtl_tf/saved_run.py).
   """
   if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
     raise ConfigError(f'run_online.num_steps must be a positive int: the stream is empty with num_steps={num_steps!r}')
   if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
     raise ConfigError(f'run_online.p must be a probability in [0, 1], got {p!r}')
   check_ints('run_online', log_every=log_every, checkpoint_every=checkpoint_every)
-  specs = load_specs(omniglot_records, mnist_records, fashion_mnist_records)
-  stream = osaka.OsakaStream(specs['omniglot'], specs['mnist'], specs['fashion_mnist'], seed=seed, p=float(p),
-                             num_steps=num_steps, scale_mnist=scale_mnist)
   # The model and mask initialisation belong to the pre-training (shared by every stream seed, as in OSAKA); without
   # pre-training they follow the stream seed.
   init_seed = pretraining.seed if pretraining is not None else seed
   the_learner = learner(model_fn=functools.partial(model_fn, seed=init_seed), seed=init_seed)
+  if build_only:
+    return {'learner': the_learner, 'image_shape': osaka.IMAGE_SHAPE, 'scale_mnist': scale_mnist}
+  specs = load_specs(omniglot_records, mnist_records, fashion_mnist_records)
+  stream = osaka.OsakaStream(specs['omniglot'], specs['mnist'], specs['fashion_mnist'], seed=seed, p=float(p),
+                             num_steps=num_steps, scale_mnist=scale_mnist)
   name = the_learner.name
   print(f'{name}: OSAKA stream, p={p}, T={num_steps}, seed {seed}: {int(stream.task_index[-1]) + 1} tasks, modes '
         f'{np.bincount(stream.task_modes(), minlength=3).tolist()} (Omniglot, MNIST, Fashion-MNIST)', flush=True)
