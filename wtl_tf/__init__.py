@@ -35,7 +35,7 @@ _EXPORTS = {
     'NoisyBinaryMask': ('wtl_tf.modulation', 'NoisyBinaryMask'),
     'MaskInit': ('wtl_tf.modulation', 'MaskInit'),
     'sparsity': ('wtl_tf.modulation', 'sparsity'),
-    'export': ('wtl_tf.export', 'export'),
+    'export_saved_model': ('wtl_tf.export', 'export'),
     'load_run': ('wtl_tf.saved_run', 'load_run'),
     'UserError': ('wtl_tf.errors', 'UserError'),
     'ConfigError': ('wtl_tf.errors', 'ConfigError'),

@@ -1,7 +1,7 @@
 """Exports what a run learned as a SavedModel that needs TensorFlow alone (no wtl_tf, no Keras objects).
 
     python -m wtl_tf.export --run_dir=RUN --output_dir=OUT [--checkpoint=best|last] [--inner_steps=K]
-    wtl_tf.export(learner_or_run_dir, 'OUT', input_shape=..., inner_steps=...)   # the same from Python
+    wtl_tf.export_saved_model(learner_or_run_dir, 'OUT', inner_steps=...)   # the same from Python
 
 Signatures (also callable as methods of the loaded object):
   adapt_and_predict(support_x [n, *input], support_y [n] int32, query_x [m, *input]) -> {'logits': [m, ways]}
@@ -11,8 +11,10 @@ Signatures (also callable as methods of the loaded object):
   step_sizes() -> {group name: c * S(m)}               per parameter tensor, 0 where a tensor does not adapt
 
 Batch sizes are dynamic. BatchNorm uses the statistics of the batch it is given (the support set while adapting, the
-query batch when predicting), exactly as in training and evaluation. Inputs are checked in the graph: a wrong image
-size or channel count, a label outside [0, ways) or an empty support set fails with a message naming it.
+query batch when predicting), exactly as in training and evaluation. The signatures check their inputs in the graph:
+a wrong image size or channel count, a label outside [0, ways) or an empty support set fails with an
+InvalidArgumentError naming it (the loaded object's methods refuse a wrong shape before that, with a TypeError that
+names the expected TensorSpec).
 wtl_tf_export.json beside the SavedModel records the input shape, ways, K, the group names and the source run.
 sparse-MAML+ is refused: its masks are drawn afresh for each task, so no fixed S(m) exists to export.
 """

@@ -85,6 +85,7 @@ def load_run(run_dir: str, learner_name: Optional[str] = None, checkpoint: str =
     if name not in built:
       raise ConfigError(f'{run_dir} has the learners {", ".join(built)}, not {name!r}')
     learner = built[name]
+    learner.name = name  # The run's name for it (the key of run_continual.learners), as in its results.
     if len(built) > 1:
       run_dir = os.path.join(run_dir, name)
     input_shape, ways, steps = None, None, None
