@@ -121,8 +121,12 @@ class Online:
     return out
 
 
-CASES = [(setting, row) for setting in (FewShot, Continual, Online) for row in setting.rows]
-IDS = [f'{setting.__name__.lower()}-{row}' for setting, row in CASES]
+# The online baselines (MAML's second-order pre-training is the slowest row) run with -m slow; the C-MAML family and
+# every few-shot and continual learner run by default.
+SLOW = {(Online, row) for row in ('maml', 'anil', 'fine_tuning', 'online_adam')}
+CASES = [pytest.param((setting, row), marks=[pytest.mark.slow] if (setting, row) in SLOW else [])
+         for setting in (FewShot, Continual, Online) for row in setting.rows]
+IDS = [f'{case.values[0][0].__name__.lower()}-{case.values[0][1]}' for case in CASES]
 
 
 @pytest.fixture(name='built', params=CASES, ids=IDS)
