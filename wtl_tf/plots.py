@@ -97,3 +97,26 @@ def online_accuracy(accuracy: Sequence[float], modes: Sequence[int], switches: S
     ax2.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   axes[-1][0].set_xlabel('stream step')
   return _save(fig, path)
+
+
+def sparsity_trend(points: Dict[float, Dict[str, float]], path: str, xlabel: str, title: str,
+                   log_x: bool = False) -> str:
+  """Final sparsity (%) of each group and 'overall' against a setting (Figure 2 / Figure 3 style).
+
+  Args:
+    points: setting value -> {group: sparsity fraction} (one run per value, or a mean over runs).
+  """
+  xs = sorted(points)
+  groups = [g for g in points[xs[0]] if g != 'overall'] + ['overall']
+  fig, ax = plt.subplots(figsize=(7, 4))
+  _plot_groups(ax, xs, {g: [points[x].get(g, float('nan')) for x in xs] for g in groups})
+  if log_x:
+    ax.set_xscale('log', base=2)
+  ax.set_xticks(xs)
+  ax.set_xticklabels([f'{x:g}' for x in xs])
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('sparsity (%)')
+  ax.set_title(title, fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=6, ncol=2, loc='center left', bbox_to_anchor=(1.0, 0.5))
+  return _save(fig, path)
