@@ -137,21 +137,29 @@ def test_resnet12_learner_exports_from_python(tmp_path):
   _check_against_learner(learner, tmp_path / 'export', 2, tmp_path)
 
 
-def test_online_cmaml_run_directory_exports(tmp_path):
+@pytest.mark.parametrize('row, params, setting, ways', [
+    ('online/p098_c_maml.gin', ['run_online.build_only = True', 'osaka_convnet.hidden_size = 8'], 'online', 10),
+    ('fewshot/sparse_maml_resnet12_miniimagenet_5w1s.gin',
+     ['run_fewshot.build_only = True', 'resnet12.widths = (8, 8, 16, 16)', 'INNER_STEPS = 2'], 'fewshot', 5)])
+def test_run_directories_of_cmaml_and_resnet12_export(row, params, setting, ways, tmp_path):
+  """A run directory as the experiments leave it (operative config, last checkpoint), built from the row's gin."""
   run_dir = tmp_path / 'run'
   gin.clear_config()
   try:
-    wtl_main.parse_config(['online/p098_c_maml.gin'], ['run_online.build_only = True', 'osaka_convnet.hidden_size = 8'])
-    learner = wtl_main.selected_experiment()(workdir=str(run_dir))['learner']
+    wtl_main.parse_config([row], params)
+    built = wtl_main.selected_experiment()(workdir=str(run_dir))['learner']
     rundir.USE_GIN = True
     rundir.RunDir(str(run_dir)).write_operative_config()
   finally:
     gin.clear_config()
-  learner.theta[0].assign(learner.theta[0] * 1.5)  # A state the fresh build would not have: restore must load it.
-  rundir.RunDir(str(run_dir)).save_checkpoint(learner.state(), {'step': 0})
+  built.theta[0].assign(built.theta[0] * 1.5)  # A state the fresh build would not have: restore must load it.
+  if built.mask_logits:
+    built.mask_logits[-1].assign(-built.mask_logits[-1])
+  rundir.RunDir(str(run_dir)).save_checkpoint(built.state(), {'step': 0})
   meta = export.export(str(run_dir), tmp_path / 'export')
-  assert meta['setting'] == 'online' and meta['checkpoint'] == 'last' and meta['ways'] == 10
-  _check_against_learner(learner, tmp_path / 'export', learner.inner_loop.num_steps, tmp_path, ways=10)
+  assert meta['setting'] == setting and meta['checkpoint'] == 'last' and meta['ways'] == ways
+  loop = getattr(built, 'eval_inner_loop', None) or built.inner_loop
+  _check_against_learner(built, tmp_path / 'export', loop.num_steps, tmp_path, ways=ways)
 
 
 def test_export_refuses_bad_requests_in_one_line(fewshot_runs, tmp_path):
