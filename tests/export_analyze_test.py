@@ -20,6 +20,7 @@ from wtl_tf import rundir
 from wtl_tf import saved_run
 from wtl_tf.errors import ConfigError
 from wtl_tf.models.resnet12 import resnet12
+from tests.continual_experiment_test import tiny_mnist  # pylint: disable=unused-import  (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
@@ -217,3 +218,21 @@ def test_pairs_are_averaged():
   values = [np.array([1, 0], bool), np.array([1, 1], bool), np.array([0, 1], bool)]
   expected = np.mean([analyze.jaccard(a, b) for a, b in itertools.combinations(values, 2)])
   assert analyze._mean_over_pairs(values, analyze.jaccard) == pytest.approx(expected)  # pylint: disable=protected-access
+
+
+def test_analyze_a_continual_run_matches_its_results(tiny_mnist, tmp_path):  # pylint: disable=redefined-outer-name
+  run_dir = tmp_path / 'run'
+  params = [f'Benchmark.raw_dir="{tiny_mnist}"', f'Benchmark.records_dir="{tmp_path}/records"',
+            'Benchmark.num_tasks=2', 'Benchmark.samples_per_task=20', 'run_continual.show_progress=False',
+            'sparse_la_maml/LaMAML.lr_m=3.0']  # A large mask rate, so that some masks close within 4 batches.
+  out = subprocess.run([sys.executable, '-m', 'wtl_tf.main', '--gin_file=continual/rotations_sparse_la_maml.gin',
+                        f'--workdir={run_dir}'] + [f'--gin_param={p}' for p in params], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result, _ = analyze.analyze([str(run_dir)])
+  with open(run_dir / 'results.json', encoding='utf-8') as f:
+    reported = json.load(f)['sparsity']
+  assert result['learner'] == 'sparse_la_maml' and result['setting'] == 'continual'
+  for group, row in result['groups'].items():
+    assert row['sparsity'][0] == pytest.approx(reported[group], abs=1e-9), group
+  assert 0 < result['overall_sparsity'][0] == pytest.approx(reported['overall'], abs=1e-9)

@@ -36,18 +36,18 @@ def ra_bti(acc_matrix: np.ndarray):
   return float(final.mean()), float(np.mean(final - np.diag(r)))
 
 
-def _build_learner(factory: Callable, model, seed: int, batch_size: int):
+def _build_learner(factory: Callable, model_fn: Callable, input_size: int, num_classes: int, seed: int,
+                   batch_size: int):
   kwargs = {'seed': seed}
   if 'batch_size' in inspect.signature(factory).parameters:
     kwargs['batch_size'] = batch_size
-  return factory(model, **kwargs)
+  return factory(model_fn(input_size=input_size, num_classes=num_classes, seed=seed), **kwargs)
 
 
 def build_learner(factory: Callable, tasks: List[continual_data.Task], model_fn: Callable, seed: int,
                   batch_size: int):
   num_classes = int(max(t.train_y.max() for t in tasks)) + 1
-  model = model_fn(input_size=continual_data.input_size(tasks), num_classes=num_classes, seed=seed)
-  return _build_learner(factory, model, seed, batch_size)
+  return _build_learner(factory, model_fn, continual_data.input_size(tasks), num_classes, seed, batch_size)
 
 
 def train_one(name: str, learner, tasks: List[continual_data.Task], workdir: str, benchmark_name: str,
@@ -152,8 +152,8 @@ def run_continual(workdir: str, benchmark: continual_data.Benchmark = gin.REQUIR
     raise ConfigError('run_continual.learners is empty: bind at least one learner')
   if build_only:
     input_size, num_classes = benchmark.shape()
-    return {name: _build_learner(factory, model_fn(input_size=input_size, num_classes=num_classes, seed=seed), seed,
-                                 batch_size) for name, factory in learners.items()}
+    return {name: _build_learner(factory, model_fn, input_size, num_classes, seed, batch_size)
+            for name, factory in learners.items()}
   tasks = benchmark.load()
   print(f'{benchmark.name}: {len(tasks)} tasks x {len(tasks[0].train_x)} training samples, '
         f'{len(tasks[0].test_x)} test samples per task; {tasks[0].descriptor} ... {tasks[-1].descriptor}',
