@@ -173,6 +173,9 @@ def test_export_refuses_bad_requests_in_one_line(fewshot_runs, tmp_path):
                          timeout=300)
     assert out.returncode == 2 and 'Traceback' not in out.stderr, out.stderr[-2000:]
     assert out.stderr.startswith('error:') and message in out.stderr, out.stderr
+  usage = subprocess.run([sys.executable, '-m', 'wtl_tf.export', '--help'], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+  assert usage.returncode == 0 and 'adapt_and_predict' in usage.stdout and '--output_dir' in usage.stdout
   plus = api.fewshot_learner(lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]),
                              modulation='sparse_maml_plus')
   with pytest.raises(ConfigError, match='fresh masks'):

@@ -185,7 +185,7 @@ def write(result: Dict, runs: List[Dict], output_dir: str):
 
 def main(argv=None):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from wtl_tf import errors  # pylint: disable=g-import-not-at-top
+  from wtl_tf import console, errors  # pylint: disable=g-import-not-at-top
   defs = flags.FlagValues()
   flags.DEFINE_string('output_dir', None, 'Where analysis.{json,md,png} go (default <parent of the first run>/'
                       'analysis).', flag_values=defs)
@@ -194,10 +194,7 @@ def main(argv=None):
   flags.DEFINE_string('learner', None, 'For runs with several learners: which one.', flag_values=defs)
 
   def run():
-    try:
-      run_dirs = defs(sys.argv if argv is None else ['analyze'] + list(argv))[1:]
-    except flags.Error as e:
-      raise ConfigError(str(e)) from None
+    run_dirs = console.parse_command_line(defs, sys.argv if argv is None else ['analyze'] + list(argv), __doc__)
     if not run_dirs:
       raise ConfigError('name at least one run directory: python -m wtl_tf.analyze RUN_DIR [RUN_DIR ...]')
     result, runs = analyze(run_dirs, defs.checkpoint, defs.learner)

@@ -90,3 +90,19 @@ def muted_stderr(replay_on_error=False):
       sys.stderr.flush()
       os.dup2(saved, 2)
       os.close(saved)
+
+
+def parse_command_line(flag_values, argv, doc: str):
+  """Parses argv (argv[0] is the program) into an absl FlagValues; returns the positional arguments.
+
+  `-h`/`--help` prints `doc` and the flags and exits 0; a bad flag raises ConfigError (one line from the caller).
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from wtl_tf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  if any(a in ('-h', '--help', '--helpfull', '--helpshort') for a in argv[1:]):
+    print(doc.strip() + '\n\nflags:\n' + flag_values.get_help(include_special_flags=False))
+    sys.exit(0)
+  try:
+    return flag_values(list(argv))[1:]
+  except flags.Error as e:
+    raise ConfigError(str(e)) from None

@@ -165,7 +165,7 @@ def export(source, output_dir: str, input_shape: Optional[Sequence[int]] = None,
 
 def main(argv=None):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from wtl_tf import errors  # pylint: disable=g-import-not-at-top
+  from wtl_tf import console, errors  # pylint: disable=g-import-not-at-top
   defs = flags.FlagValues()
   flags.DEFINE_string('run_dir', None, 'The run directory to export (few-shot or online).', flag_values=defs)
   flags.DEFINE_string('output_dir', None, 'Where the SavedModel goes (a new or empty directory).', flag_values=defs)
@@ -176,10 +176,7 @@ def main(argv=None):
   flags.DEFINE_string('learner', None, 'For a run with several learners: which one.', flag_values=defs)
 
   def run():
-    try:
-      defs(sys.argv if argv is None else ['export'] + list(argv))
-    except flags.Error as e:
-      raise ConfigError(str(e)) from None
+    console.parse_command_line(defs, sys.argv if argv is None else ['export'] + list(argv), __doc__)
     if not defs.run_dir or not defs.output_dir:
       raise ConfigError('--run_dir and --output_dir are required')
     if defs.inner_steps is not None and defs.inner_steps < 0:
