@@ -79,3 +79,23 @@ def test_learner_layers_set_a_learner_for_every_row(layers):
     learner = next(l for l in sorted(learners, key=len, reverse=True) if name.endswith('_' + l))
     with open(path, encoding='utf-8') as f:
       assert f"include '{layers}/learners/{learner}.gin'" in f.read(), path
+
+
+
+def _built(row, *bindings):
+  gin.clear_config()
+  try:
+    main.parse_config([row], list(bindings))
+    return main.selected_experiment()(workdir='unused')
+  finally:
+    gin.clear_config()
+
+
+def test_model_width_switches_reach_the_model():
+  """A width binding must change the built model: a registered model that no gin layer references would ignore it
+  without a word (Figure 3 right's `mlp.hidden_sizes`, the online `osaka_convnet.hidden_size`)."""
+  continual = _built('continual/rotations_sparse_la_maml.gin', 'mlp.hidden_sizes = (7, 9)',
+                     'run_continual.build_only = True')['sparse_la_maml']
+  assert [i.shape for i in continual.infos if i.role == 'kernel'] == [(784, 7), (7, 9), (9, 10)]
+  online = _built('online/p098_c_maml.gin', 'osaka_convnet.hidden_size = 8', 'run_online.build_only = True')['learner']
+  assert {i.shape[-1] for i in online.infos if i.role == 'kernel' and len(i.shape) == 4} == {8}

@@ -12,9 +12,11 @@ import gin
 import numpy as np
 
 from wtl_tf.data import prepare, records
+from wtl_tf.data.fewshot import KNOWN_SHAPES
 from wtl_tf.errors import ConfigError, check_ints
 
 KINDS = ('rotations', 'permutations', 'many_permutations', 'class_split')
+TEN_CLASSES = ('mnist', 'fashion_mnist', 'cifar10')  # Datasets whose shape and class count are known without data.
 DEFAULTS = {'rotations': (20, 1000), 'permutations': (20, 1000), 'many_permutations': (100, 200)}
 
 
@@ -131,7 +133,10 @@ class Benchmark:
                        self.seed, self.classes_per_task)
 
   def shape(self) -> Tuple[int, int]:
-    """(input size, number of classes) of the benchmark's tasks, from the records' description only."""
+    """(input size, number of classes) of the benchmark's tasks, without loading them (no data needed for the
+    10-class datasets; others read their records' description)."""
+    if self.dataset in TEN_CLASSES:
+      return int(np.prod(KNOWN_SHAPES[self.dataset])), 10
     spec = prepare.ensure_records(self.dataset, self.records_dir, self.raw_dir)
     return int(np.prod(spec.image_shape)), len({c['id'] for c in spec.classes})
 
