@@ -142,14 +142,14 @@ def test_resnet12_learner_exports_from_python(tmp_path):
     ('online/p098_c_maml.gin', ['run_online.build_only = True', 'osaka_convnet.hidden_size = 8'], 'online', 10),
     ('fewshot/sparse_maml_resnet12_miniimagenet_5w1s.gin',
      ['run_fewshot.build_only = True', 'resnet12.widths = (8, 8, 16, 16)', 'INNER_STEPS = 2'], 'fewshot', 5)])
-def test_run_directories_of_cmaml_and_resnet12_export(row, params, setting, ways, tmp_path):
+def test_run_directories_of_cmaml_and_resnet12_export(row, params, setting, ways, tmp_path, monkeypatch):
   """A run directory as the experiments leave it (operative config, last checkpoint), built from the row's gin."""
   run_dir = tmp_path / 'run'
   gin.clear_config()
   try:
     wtl_main.parse_config([row], params)
     built = wtl_main.selected_experiment()(workdir=str(run_dir))['learner']
-    rundir.USE_GIN = True
+    monkeypatch.setattr(rundir, 'USE_GIN', True)  # As main.run sets it; restored after the test.
     rundir.RunDir(str(run_dir)).write_operative_config()
   finally:
     gin.clear_config()
