@@ -541,12 +541,7 @@ def parse_flags(argv):
       raise UsageError(f'--{name} does not apply to --setting={FLAGS.setting}')
   if FLAGS.p not in COLUMNS:
     raise UsageError(f'--p must be one of {", ".join(map(str, COLUMNS))} (Table 6), got {FLAGS.p}')
-  try:
-    seeds = [int(s) for s in FLAGS.seeds]
-  except ValueError:
-    raise UsageError(f'--seeds must be comma-separated integers, got {",".join(FLAGS.seeds)}') from None
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise UsageError(f'--seeds must be distinct integers, got {",".join(FLAGS.seeds)}')
+  seeds = _seed_list('seeds')
   for path in FLAGS.gin_file:
     if not os.path.exists(path) and not os.path.exists(os.path.join(GIN_DIR, path)):
       raise UsageError(f'Gin file not found: {path}')
@@ -560,14 +555,21 @@ def parse_flags(argv):
   return seeds
 
 
+def _seed_list(name):
+  """The list flag --<name> as distinct ints; anything else is a UsageError naming the flag."""
+  values = FLAGS[name].value
+  try:
+    seeds = [int(s) for s in values]
+  except ValueError:
+    raise UsageError(f'--{name} must be comma-separated integers, got {",".join(values)}') from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise UsageError(f'--{name} must be distinct integers, got {",".join(values)}')
+  return seeds
+
+
 def validation_seeds(seeds):
   """--val_seeds as ints, checked to be distinct and disjoint from the reporting seeds."""
-  try:
-    val = [int(s) for s in FLAGS.val_seeds]
-  except ValueError:
-    raise UsageError(f'--val_seeds must be comma-separated integers, got {",".join(FLAGS.val_seeds)}') from None
-  if not val or len(set(val)) != len(val):
-    raise UsageError(f'--val_seeds must be distinct integers, got {",".join(FLAGS.val_seeds)}')
+  val = _seed_list('val_seeds')
   shared = sorted(set(val) & set(seeds))
   if shared:
     raise UsageError(f'--val_seeds and --seeds share {",".join(map(str, shared))}: tune on seeds you do not report')
