@@ -140,8 +140,9 @@ def test_resnet12_learner_exports_from_python(tmp_path):
 
 @pytest.mark.parametrize('row, params, setting, ways', [
     ('online/p098_c_maml.gin', ['run_online.build_only = True', 'osaka_convnet.hidden_size = 8'], 'online', 10),
-    ('fewshot/sparse_maml_resnet12_miniimagenet_5w1s.gin',
-     ['run_fewshot.build_only = True', 'resnet12.widths = (8, 8, 16, 16)', 'INNER_STEPS = 2'], 'fewshot', 5)])
+    pytest.param('fewshot/sparse_maml_resnet12_miniimagenet_5w1s.gin',
+                 ['run_fewshot.build_only = True', 'resnet12.widths = (8, 8, 16, 16)', 'INNER_STEPS = 2'], 'fewshot',
+                 5, marks=pytest.mark.slow)])  # ResNet-12 export also runs by default, from Python (above).
 def test_run_directories_of_cmaml_and_resnet12_export(row, params, setting, ways, tmp_path, monkeypatch):
   """A run directory as the experiments leave it (operative config, last checkpoint), built from the row's gin."""
   run_dir = tmp_path / 'run'

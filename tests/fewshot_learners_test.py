@@ -54,7 +54,10 @@ def support_loss(learner, params, task):
   return float(inner_loop.cross_entropy(task.support_labels, learner.logits(params, task.support_images)))
 
 
-@pytest.mark.parametrize('name', sorted(LEARNERS))
+# MAML, ANIL and sparse-MAML (one of each kind of theta/mask split) by default; the others with -m slow (~20 s
+# each). Every learner still steps, restores and traces once by default in learner_contract_test.
+@pytest.mark.parametrize('name', [pytest.param(n, marks=[] if n in ('maml', 'anil', 'sparse_maml')
+                                               else [pytest.mark.slow]) for n in sorted(LEARNERS)])
 def test_learner_base_checks(name, split):
   learner = make(name)
   tasks, positions = split.episodes(seed=0, start=0, count=8)

@@ -52,8 +52,9 @@ def mean_accuracy(learner, tasks, positions):
                         for i in range(0, len(positions), EVAL_CHUNK)]))
 
 
-# MAML, FOMAML and sparse-MAML run by default; the other learners with -m slow (about 15-40 s each).
-@pytest.mark.parametrize('name', [pytest.param(n, marks=[] if n in ('maml', 'fomaml', 'sparse_maml')
+# sparse-MAML runs by default; the other learners with -m slow (about 15-50 s each; the synthetic learner tests
+# check every learner by default).
+@pytest.mark.parametrize('name', [pytest.param(n, marks=[] if n == 'sparse_maml'
                                                else [pytest.mark.slow]) for n in sorted(LEARNERS)])
 def test_every_learner_learns_real_omniglot(name, omniglot):
   batches, tasks, positions = omniglot

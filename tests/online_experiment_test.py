@@ -182,7 +182,8 @@ def test_pretraining_cache_key_covers_every_modulation_attribute():
   assert key('paper') != key('reference')  # ... another convention pre-trains its own model.
 
 
-@pytest.mark.parametrize('name', ['sparse_c_maml', 'maml', 'online_adam'])
+# MAML's second-order pre-training is the slow row (-m slow).
+@pytest.mark.parametrize('name', ['sparse_c_maml', pytest.param('maml', marks=pytest.mark.slow), 'online_adam'])
 def test_variants_and_baselines_run(specs, tmp_path, name):
   factories = {
       'sparse_c_maml': c_maml_factory(modulation=modulation.ScaledBinaryMask(step_size=0.1),

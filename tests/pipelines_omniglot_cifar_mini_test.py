@@ -494,6 +494,7 @@ def test_real_cifar(data_root, tmp_path):
 
 
 @pytest.mark.beam
+@pytest.mark.slow  # ~40 s; the Omniglot and CIFAR real-data conversions run by default.
 def test_real_miniimagenet_sample(data_root, tmp_path):
   spec_json = run('miniimagenet', os.path.join(data_root, 'miniimagenet'), tmp_path / 'out')
   spec = records.DatasetSpec.load(str(tmp_path / 'out'))

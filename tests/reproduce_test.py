@@ -66,6 +66,7 @@ def test_continual_sweep_resumes_and_plots(tiny_mnist, tmp_path, capsys):  # pyl
   assert (tmp_path / 'rotations_smoke' / 'sparsity.png').exists()
 
 
+@pytest.mark.slow  # ~40 s; the pre-training cache is also covered by online_experiment_test.
 def test_online_column_resumes_and_shares_pretraining(specs, tmp_path, capsys):  # pylint: disable=redefined-outer-name
   params = [f"run_online.{k}_records='{v}'" for k, v in specs.items()] + [
       'run_online.model_fn=@osaka_convnet', 'osaka_convnet.hidden_size=8', 'c_maml/InnerLoop.num_steps=1',
@@ -84,6 +85,7 @@ def test_online_column_resumes_and_shares_pretraining(specs, tmp_path, capsys): 
   assert '| c_maml |' in out and '92.8 ± 0.6' in out and (tmp_path / 'p098_smoke' / 'cumulative.png').exists()
 
 
+@pytest.mark.slow  # ~90 s end to end; the selection logic runs by default in the fake-executor test below.
 def test_grid_tunes_on_validation_seeds_then_reports_with_the_winner(tiny_mnist, tmp_path, capsys):
   # pylint: disable=redefined-outer-name
   args = ['--setting=continual', '--benchmark=permutations', '--learners=sparse_la_maml', '--smoke',
@@ -159,13 +161,28 @@ def test_grid_winner_is_the_best_mean_and_the_first_of_ties(monkeypatch, tmp_pat
     (['--setting=continual', '--learners=la_maml', '--grid=la_maml/LaMAML.lr_mm=0.1,0.2'],
      "doesn't have a parameter named 'lr_mm'"),
 ])
-def test_bad_flags_and_gin_are_one_line_before_any_run(tmp_path, args, message):
+def test_bad_flags_and_gin_are_one_line_before_any_run(tmp_path, capsys, args, message):
+  # In-process (a subprocess per case cost ~6 s of TensorFlow import each); the real command line is checked below.
+  with pytest.raises(SystemExit) as exit_info:
+    reproduce.main([f'--workdir={tmp_path}', *args])
+  assert exit_info.value.code == 2
+  errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and message in errors[0], errors
+  assert os.listdir(tmp_path) == []  # Nothing ran.
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--setting=fewshot', '--rowz=x'], "Unknown command line flag 'rowz'"),
+    (['--setting=continual', '--learners=la_maml', '--grid=la_maml/LaMAML.lr_mm=0.1,0.2'],
+     "doesn't have a parameter named 'lr_mm'"),
+])
+def test_the_command_line_prints_one_error_line_and_exits_2(tmp_path, args, message):
   out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'reproduce.py'), f'--workdir={tmp_path}',
                         *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert out.returncode == 2, out.stderr
   errors = [line for line in out.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and message in errors[0], out.stderr
-  assert 'Traceback' not in out.stderr and os.listdir(tmp_path) == []  # Nothing ran.
+  assert 'Traceback' not in out.stderr and os.listdir(tmp_path) == []
 
 
 def test_list_and_help(capsys):
