@@ -143,6 +143,28 @@ def test_grid_winner_is_the_best_mean_and_the_first_of_ties(monkeypatch, tmp_pat
   assert reproduce.split_values('0.1, (1, 2),"a,b"') == ['0.1', '(1, 2)', '"a,b"']
 
 
+def test_a_tuned_learner_keeps_its_winner_without_the_grid_flags(monkeypatch, tmp_path, capsys):
+  monkeypatch.setattr(reproduce, 'execute', lambda run: pytest.fail(f'{run.label} seed {run.seed} must not run'))
+  learner_dir = tmp_path / 'rotations' / 'sparse_la_maml'
+  learner_dir.mkdir(parents=True)
+  tuned = ['sparse_la_maml/ScaledBinaryMask.step_size = 0.2', 'sparse_la_maml/LaMAML.lr_m = 0.3']
+  (learner_dir / 'tuned.json').write_text(json.dumps({'bindings': tuned}))
+  reproduce.parse_flags(['reproduce', '--setting=continual', '--learners=la_maml,sparse_la_maml',
+                         f'--workdir={tmp_path}', '--gin_param=run_continual.epochs=1'])
+  (_, runs), = reproduce.plan('continual', [0, 1], str(tmp_path)).items()
+  runs = reproduce.with_tuned(runs)
+  assert [(r.name, r.seed, r.gin_params[-2:] == tuned) for r in runs] == [
+      ('la_maml', 0, False), ('la_maml', 1, False), ('sparse_la_maml', 0, True), ('sparse_la_maml', 1, True)]
+  assert capsys.readouterr().out.count('using the tuned bindings') == 1
+  with pytest.raises(SystemExit) as exit_info:  # A binding that contradicts the tuned runs: one line, nothing runs.
+    reproduce.main(['--setting=continual', '--learners=sparse_la_maml', f'--workdir={tmp_path}',
+                    '--gin_param=sparse_la_maml/LaMAML.lr_m = 0.1'])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and 'sparse_la_maml/LaMAML.lr_m' in err and 'tuned.json' in err
+  assert sorted(os.listdir(learner_dir)) == ['tuned.json']
+
+
 @pytest.mark.parametrize('args, message', [
     (['--setting=tables'], 'setting'),
     (['--rows=sparse_maml_conv4_omniglot_5w1s'], '--setting is required'),

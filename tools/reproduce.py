@@ -35,7 +35,8 @@ stream seed, for few-shot learning a training seed. The point with the best mean
 seed; the first point in grid order wins a tie). The reporting seeds then run with the winner's bindings in the usual
 place. grid.md and grid.json (every point's per-seed scores and the winner) go to the grid directory, tuned.json
 (the winning bindings) next to the reporting runs; a later, different winner is refused while runs made with the old
-one exist.
+one exist. Without --grid, a learner or row with a tuned.json runs with its bindings, so the same sweep can be
+resumed, extended by seeds or summarised with the other learners without repeating the grid flags.
 
 Finished runs (a results.json that parses) are read back, not rerun, and interrupted ones resume from their last
 checkpoint, so rerunning the same command continues a half-finished sweep; adding seeds or learners runs only those.
@@ -341,15 +342,37 @@ def tune(runs, points):
   return [with_bindings(run, run, run.run_dir, best['bindings']) for run in runs]
 
 
+def read_tuned(learner_dir):
+  """The winning bindings a --grid left in `learner_dir`/tuned.json, or None."""
+  try:
+    with open(os.path.join(learner_dir, 'tuned.json'), encoding='utf-8') as f:
+      return json.load(f)['bindings']
+  except (OSError, ValueError, KeyError):
+    return None
+
+
+def with_tuned(runs):
+  """`runs` with their learner's tuned bindings where a --grid chose some; a --gin_param naming one is refused."""
+  out, name = [], lambda binding: binding.partition('=')[0].strip()
+  for learner_dir in dict.fromkeys(os.path.dirname(run.run_dir) for run in runs):  # In plan order.
+    mine = [run for run in runs if os.path.dirname(run.run_dir) == learner_dir]
+    bindings = read_tuned(learner_dir)
+    if bindings is None:
+      out += mine
+      continue
+    clash = sorted({name(b) for b in bindings} & {name(p) for p in FLAGS.gin_param})
+    if clash:
+      raise UsageError(f'{mine[0].label}: --gin_param sets {", ".join(clash)}, which {learner_dir}/tuned.json '
+                       'already fixes; tune again with --grid, or use another --workdir')
+    print(f'{mine[0].label}: using the tuned bindings of {learner_dir}/tuned.json: {"; ".join(bindings)}', flush=True)
+    out += [with_bindings(run, run, run.run_dir, bindings) for run in mine]
+  return out
+
+
 def _check_tuned(learner_dir, runs, bindings):
   """Writes tuned.json; refuses a new winner while reporting runs made with an older one exist."""
   from wtl_tf import rundir  # pylint: disable=g-import-not-at-top
-  path = os.path.join(learner_dir, 'tuned.json')
-  try:
-    with open(path, encoding='utf-8') as f:
-      previous = json.load(f)['bindings']
-  except (OSError, ValueError, KeyError):
-    previous = None
+  previous = read_tuned(learner_dir)
   started = [r.run_dir for r in runs if os.path.exists(r.run_dir)]
   if previous is not None and previous != bindings and started:
     raise UsageError(f'{learner_dir}: the reporting runs were made with {"; ".join(previous)}, the grid now picks '
@@ -590,6 +613,8 @@ def sweep(seeds):
     (group_dir, runs), = groups.items()
     (_, val_runs), = plan(setting, validation_seeds(seeds), workdir).items()
     points = grid_runs(runs, val_runs)
+  else:  # A learner tuned earlier keeps its winner, so rerunning without --grid resumes and summarises the same runs.
+    groups = {group_dir: with_tuned(runs) for group_dir, runs in groups.items()}
   check_gin([run for runs in groups.values() for run in runs]
             + [run for _, val_runs in points.values() for run in val_runs])
   out = {}
