@@ -152,11 +152,11 @@ def test_fused_batchnorm_values_gradients_statistics_and_second_order_switch():
   _, second_fused = _meta_grads(fused, theta, task, first_order=False)
   assert layers.set_fused_batchnorm(fused, False) == 1
   _, second = _meta_grads(fused, theta, task, first_order=False)
-  for i in (0, 2, 3, 4, 5):
-    assert _rel(second[i], truth[i]) < 1e-5
+  switched_errors = [_rel(second[i], truth[i]) for i in (0, 2, 3, 4, 5)]
+  assert max(switched_errors) < 1e-5
   # The fused error's size depends on the CPU's kernels (4e-4 on one machine, 9e-5 on another), so the canary is
   # relative: the fused kernel is far worse than the switched path. If this starts failing, TF fixed it: drop the switch.
-  assert _rel(second_fused[0], truth[0]) > 20 * max(_rel(second[i], truth[i]) for i in (0, 2, 3, 4, 5))
+  assert _rel(second_fused[0], truth[0]) > 20 * max(switched_errors)
   # Moving statistics follow Keras' convention on both paths.
   layers.set_fused_batchnorm(fused, True)
   fused(task[0], training=True)
