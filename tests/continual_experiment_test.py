@@ -39,9 +39,9 @@ def _lamaml(model, seed, batch_size=10):
                 batch_size=batch_size, jit_compile=False)
 
 
-def _train(tmp, tasks, factory=_lamaml, seed=0):
+def _train(tmp, tasks, factory=_lamaml, seed=0, eval_tasks='all'):
   learner = continual.build_learner(factory, tasks, lambda **kw: mlp(hidden_sizes=(32, 32), **kw), seed, 10)
-  return continual.train_one('x', learner, tasks, str(tmp), 'synthetic', seed, 1, 10, 2, False)
+  return continual.train_one('x', learner, tasks, str(tmp), 'synthetic', seed, 1, 10, 2, False, eval_tasks)
 
 
 def test_run_directory_contract(tmp_path):
@@ -75,6 +75,29 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
   resumed = _train(tmp_path / 'b', tasks)
   assert resumed['acc_matrix'] == reference['acc_matrix']
   assert resumed['sparsity'] == reference['sparsity']
+
+
+def test_testing_fewer_tasks_keeps_the_learner_and_the_scores(tmp_path):
+  tasks = synthetic_tasks(num_tasks=4)
+  full = _train(tmp_path / 'all', tasks)
+  acc = np.array(full['acc_matrix'], np.float64)
+  assert not np.isnan(acc).any()
+  for mode, untested in (('seen', np.triu_indices(4, 1)), ('diagonal', np.nonzero(~np.eye(4, dtype=bool)))):
+    cheap = _train(tmp_path / mode, tasks, eval_tasks=mode)
+    got = np.array(cheap['acc_matrix'], np.float64)
+    mask = np.zeros((4, 4), bool)
+    mask[untested] = True
+    mask[-1] = False  # The last row is always complete.
+    assert np.isnan(got[mask]).all() and not np.isnan(got[~mask]).any(), (mode, got)
+    np.testing.assert_array_equal(got[~mask], acc[~mask])  # Testing never changed what was learned.
+    assert (cheap['ra'], cheap['bti']) == (full['ra'], full['bti'])
+    assert cheap['sparsity'] == full['sparsity']
+  assert json.load(open(tmp_path / 'diagonal' / 'results.json'))['acc_matrix'][0][1] is None
+
+
+def test_unknown_eval_tasks_is_a_config_error():
+  with pytest.raises(continual.ConfigError, match='eval_tasks must be one of all, seen, diagonal'):
+    continual.run_continual('/nonexistent', benchmark=None, learners={'x': None}, eval_tasks='upper')
 
 
 @pytest.mark.parametrize('factory', [

@@ -33,7 +33,9 @@ import numpy as np
 from wtl_tf.errors import WorkdirError
 
 USE_GIN = False  # Set by main.py: the run is configured by gin, whose operative config is then its identity.
-VOLATILE = ('show_progress',)  # Parameters that may change on resume (they do not change results).
+# Parameters that may change on resume: they change neither the learned weights nor the scores (eval_tasks only
+# decides which entries of the continual accuracy matrix are filled in).
+VOLATILE = ('show_progress', 'eval_tasks')
 TMP_SUFFIX = '.wtl-tmp'
 
 
