@@ -95,9 +95,12 @@ def test_testing_fewer_tasks_keeps_the_learner_and_the_scores(tmp_path):
   assert json.load(open(tmp_path / 'diagonal' / 'results.json'))['acc_matrix'][0][1] is None
 
 
-def test_unknown_eval_tasks_is_a_config_error():
+def test_unknown_eval_tasks_is_a_config_error(tmp_path):
   with pytest.raises(continual.ConfigError, match='eval_tasks must be one of all, seen, diagonal'):
     continual.run_continual('/nonexistent', benchmark=None, learners={'x': None}, eval_tasks='upper')
+  with pytest.raises(continual.ConfigError, match="got 'upper'"):
+    continual.train_one('x', None, [], str(tmp_path), 'synthetic', 0, 1, 10, 2, False, 'upper')
+  assert not os.listdir(tmp_path)
 
 
 @pytest.mark.parametrize('factory', [

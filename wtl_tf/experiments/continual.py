@@ -55,6 +55,11 @@ def build_learner(factory: Callable, tasks: List[continual_data.Task], model_fn:
 EVAL_TASKS = ('all', 'seen', 'diagonal')
 
 
+def check_eval_tasks(eval_tasks: str):
+  if eval_tasks not in EVAL_TASKS:
+    raise ConfigError(f'run_continual.eval_tasks must be one of {", ".join(EVAL_TASKS)}, got {eval_tasks!r}')
+
+
 def tested_tasks(eval_tasks: str, t: int, num_tasks: int) -> range:
   """The tasks whose test sets are scored after training task t (row t of R)."""
   if eval_tasks == 'all' or t == num_tasks - 1:
@@ -66,6 +71,7 @@ def train_one(name: str, learner, tasks: List[continual_data.Task], workdir: str
               seed: int, epochs: int, batch_size: int, log_every: int, show_progress: bool,
               eval_tasks: str = 'all') -> dict:
   """Trains one learner over all tasks (resuming if a checkpoint exists) and writes its results.json."""
+  check_eval_tasks(eval_tasks)
   run_dir = rundir.RunDir(workdir)
   with run_dir.lock():
     run_dir.check_identity(rundir.identity(dict(learner=learner, name=name, benchmark=benchmark_name,
@@ -168,8 +174,7 @@ def run_continual(workdir: str, benchmark: continual_data.Benchmark = gin.REQUIR
   check_ints('run_continual', epochs=epochs, batch_size=batch_size)
   if not learners:
     raise ConfigError('run_continual.learners is empty: bind at least one learner')
-  if eval_tasks not in EVAL_TASKS:
-    raise ConfigError(f'run_continual.eval_tasks must be one of {", ".join(EVAL_TASKS)}, got {eval_tasks!r}')
+  check_eval_tasks(eval_tasks)  # Before the data are loaded.
   if build_only:
     input_size, num_classes = benchmark.shape()
     return {name: _build_learner(factory, model_fn, input_size, num_classes, seed, batch_size)
