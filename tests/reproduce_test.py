@@ -106,6 +106,8 @@ def test_grid_tunes_on_validation_seeds_then_reports_with_the_winner(tiny_mnist,
       assert 'Benchmark.seed = %d' % seed in (run / 'operative_config.gin').read_text()
   winner = max(grid['points'], key=lambda p: p['mean'])
   assert grid['winner'] == winner['point']
+  assert '**sparse_la_maml/ScaledBinaryMask.step_size=%s; sparse_la_maml/LaMAML.lr_m=0.1**' % (
+      winner['bindings'][0].split('= ')[1]) in (base / 'grid' / 'grid.md').read_text()
   step = winner['bindings'][0].split('= ')[1]
   config = (base / 'seed_0' / 'operative_config.gin').read_text()
   assert f'sparse_la_maml/ScaledBinaryMask.step_size = {step}' in config and 'Benchmark.seed = 0' in config
@@ -140,6 +142,8 @@ def test_grid_winner_is_the_best_mean_and_the_first_of_ties(monkeypatch, tmp_pat
   assert [r.gin_params[-2:] for r in tuned] == [['sparse_la_maml/ScaledBinaryMask.step_size = 0.1',
                                                 'sparse_la_maml/LaMAML.lr_m = 2']] * 2
   assert [r.seed for r in tuned] == [0, 1]
+  grid_md, = tmp_path.rglob('grid.md')
+  assert '| **sparse_la_maml/ScaledBinaryMask.step_size=0.1; sparse_la_maml/LaMAML.lr_m=2** |' in grid_md.read_text()
   assert reproduce.split_values('0.1, (1, 2),"a,b"') == ['0.1', '(1, 2)', '"a,b"']
 
 

@@ -330,7 +330,9 @@ def tune(runs, points):
            '| point | ' + ' | '.join(f'seed {s}' for s in best['seeds']) + ' | mean |',
            '|---|' + '---|' * (len(best['seeds']) + 1)]
   for row in table:
-    cells = [f'{row["point"]}'] + [f'{v:.2f}' for v in row['scores']] + [f'{row["mean"]:.2f}']
+    # The full bindings: the directory label drops scopes (theta/adam and mask/adam would read alike).
+    cells = ['; '.join(b.replace(' ', '') for b in row['bindings'])] + [f'{v:.2f}' for v in row['scores']] + [
+        f'{row["mean"]:.2f}']
     lines.append('| ' + ' | '.join(f'**{c}**' if row is best else c for c in cells) + ' |')
   from wtl_tf import rundir  # pylint: disable=g-import-not-at-top
   grid_dir = rundir.RunDir(os.path.join(learner_dir, 'grid'))
